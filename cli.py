@@ -1,0 +1,130 @@
+"""The `localcoder` command: thin Typer wrappers over library calls that the tests also import."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from localcoder import __version__
+from localcoder.errors import UserError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Run Qwen3-Coder-Next on hardware you own.")
+out = Console()
+err = Console(stderr=True)
+
+
+def user_errors(fn):
+    """Turn UserError into `error: ...` on stderr with exit code 1, Ctrl-C into exit code 130, no traceback."""
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(1)
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted[/]: nothing was left under the output name")
+            raise typer.Exit(130)
+    return wrapper
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def kinds_table(info, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col, justify in (("tensor kind", "left"), ("count", "right"), ("types", "left"), ("params", "right"),
+                         ("MiB", "right")):
+        table.add_column(col, justify=justify)
+    for k in info.kinds:
+        types = ", ".join(f"{t}×{n}" if n > 1 else t for t, n in sorted(k.types.items()))
+        table.add_row(k.kind, str(k.count), types, f"{k.params:,}", f"{k.nbytes / 2**20:,.1f}")
+    table.add_row("[bold]total", f"[bold]{info.n_tensors}", "", f"[bold]{info.n_params:,}",
+                  f"[bold]{info.file_bytes / 2**20:,.1f}")
+    return table
+
+
+@app.command()
+@user_errors
+def quantize(
+    src: Path = typer.Argument(..., help="Hugging Face model folder (config.json, *.safetensors, tokenizer.json)."),
+    type_name: str = typer.Option("F16", "--type", "-t", help="F32, F16, BF16 or Q8_0 (K-quants: coming next)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output .gguf file."),
+    no_mtp: bool = typer.Option(False, "--no-mtp", help="Drop the multi-token-prediction block (kept by default, "
+                                                        "as llama.cpp does)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Convert Hugging Face weights to a GGUF file that llama.cpp also runs."""
+    from localcoder.gguf_info import read_gguf_info
+    from quant.convert import convert_hf
+
+    result = convert_hf(src, output, type_name, keep_mtp=not no_mtp, show_progress=not quiet)
+    if quiet:
+        return
+    out.print(kinds_table(read_gguf_info(result.out), f"{result.out}"))
+    out.print(f"{result.n_tensors} tensors, {result.bytes_out / 1e9:.3f} GB written in {result.seconds:.1f} s "
+              f"({result.bytes_in / 1e9 / max(result.seconds, 1e-9):.2f} GB/s read), "
+              f"peak memory {_peak_rss_mb():,.0f} MiB")
+
+
+@app.command()
+@user_errors
+def inspect(
+    file: Path = typer.Argument(..., help="A .gguf file."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Show a GGUF's metadata and a per-tensor-kind table of types and sizes."""
+    from localcoder.gguf_info import read_gguf_info
+
+    info = read_gguf_info(file)
+    if as_json:
+        sys.stdout.write(json.dumps(info.to_json(), indent=2, ensure_ascii=False) + "\n")
+        return
+    meta = Table(title="metadata", title_justify="left", show_header=False)
+    meta.add_column("key")
+    meta.add_column("value", overflow="fold")
+    for key, value in info.metadata.items():
+        shown = value
+        if isinstance(value, list) and len(value) > 8:
+            shown = f"[{len(value)} values] " + ", ".join(map(repr, value[:8])) + ", …"
+        elif isinstance(value, str) and len(value) > 200:
+            shown = value[:200].replace("\n", "⏎") + f"… ({len(value)} chars)"
+        meta.add_row(key, str(shown))
+    out.print(meta)
+    out.print(kinds_table(info, "tensors"))
+
+
+@app.command()
+@user_errors
+def demo(
+    type_name: str = typer.Option("Q8_0", "--type", "-t", help="Type of the demo GGUF."),
+) -> None:
+    """Build the embedded demo model (random weights), convert it to GGUF and show what is inside."""
+    from localcoder.demo import ensure_demo_gguf
+    from localcoder.gguf_info import read_gguf_info
+
+    path = ensure_demo_gguf(type_name)
+    info = read_gguf_info(path)
+    out.print(kinds_table(info, f"demo model: {path}"))
+    out.print("The demo model has the Qwen3-Coder-Next architecture at a small size with random weights: it "
+              "exercises every command, it does not write useful code.")
+
+
+@app.command()
+def version() -> None:
+    """Print the localcoder version."""
+    out.print(f"localcoder {__version__}")
+
+
+if __name__ == "__main__":
+    app()
