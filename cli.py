@@ -29,10 +29,10 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(1)
         except KeyboardInterrupt:
-            err.print("[bold red]interrupted[/]: nothing was left under the output name")
+            err.print("[bold red]interrupted[/]: nothing was left under the output name", soft_wrap=True)
             raise typer.Exit(130)
     return wrapper
 
@@ -117,7 +117,7 @@ def demo(
     info = read_gguf_info(path)
     out.print(kinds_table(info, f"demo model: {path}"))
     out.print("The demo model has the Qwen3-Coder-Next architecture at a small size with random weights: it "
-              "exercises every command, it does not write useful code.")
+              "exercises every command, it does not write useful code.", soft_wrap=True)
 
 
 @app.command()

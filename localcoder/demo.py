@@ -20,8 +20,9 @@ DEMO_GEOMETRY = dict(hidden_size=256, num_hidden_layers=8, num_attention_heads=4
                      head_dim=64, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=64,
                      linear_value_head_dim=64, linear_conv_kernel_dim=4, num_experts=16, num_experts_per_tok=4,
                      moe_intermediate_size=128, shared_expert_intermediate_size=128, intermediate_size=512)
-DEMO_TOKENIZER_VOCAB = 2000
+DEMO_TOKENIZER_VOCAB = 1024  # the synthetic corpus yields about 770 merges
 SEED = 20261125
+INIT_STD = 0.02  # transformers' initializer_range: a calm residual stream, so rounding is not amplified
 
 
 def cache_root() -> Path:
@@ -82,8 +83,9 @@ def _init(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.nda
         return np.log(rng.uniform(1, 16, shape))
     if name.endswith("dt_bias"):
         return rng.uniform(0.5, 2.0, shape)
-    fan_in = shape[-1] if len(shape) > 1 else 1
-    return rng.standard_normal(shape) / np.sqrt(fan_in)
+    if name == "lm_head.weight":  # logits with a standard deviation near 2, like a trained model's
+        return rng.standard_normal(shape) * 2.0 / np.sqrt(shape[-1])
+    return rng.standard_normal(shape) * INIT_STD
 
 
 def build_demo_checkpoint(model_dir: Path) -> Path:
