@@ -30,15 +30,16 @@ def cache_root() -> Path:
     return Path(os.environ.get("LOCALCODER_HOME") or Path.home() / ".cache" / "localcoder")
 
 
-def demo_config(vocab_size: int, bos: int, eos: int) -> dict:
+def demo_config(vocab_size: int, bos: int, eos: int, geometry: dict | None = None) -> dict:
+    geometry = geometry or DEMO_GEOMETRY
     return {"architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next", "vocab_size": vocab_size,
             "max_position_embeddings": 8192, "rms_norm_eps": 1e-6, "hidden_act": "silu",
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25},
             "layer_types": ["linear_attention" if (i + 1) % 4 else "full_attention"
-                            for i in range(DEMO_GEOMETRY["num_hidden_layers"])],
+                            for i in range(geometry["num_hidden_layers"])],
             "decoder_sparse_step": 1, "mlp_only_layers": [], "norm_topk_prob": True, "attention_bias": False,
             "tie_word_embeddings": False, "bos_token_id": bos, "eos_token_id": eos, "torch_dtype": "float32",
-            **DEMO_GEOMETRY}
+            **geometry}
 
 
 def hf_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
@@ -88,8 +89,10 @@ def _init(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.nda
     return rng.standard_normal(shape) * INIT_STD
 
 
-def build_demo_checkpoint(model_dir: Path) -> Path:
-    """Write the demo model's HF folder (config, safetensors, tokenizer) to `model_dir`; same bytes every time."""
+def build_demo_checkpoint(model_dir: Path, geometry: dict | None = None) -> Path:
+    """Write the demo model's HF folder (config, safetensors, tokenizer) to `model_dir`; same bytes every time.
+
+    `geometry` overrides DEMO_GEOMETRY (the conversion benchmark builds a larger model this way)."""
     from safetensors.numpy import save_file
 
     from localcoder.demo_corpus import code_corpus
@@ -99,7 +102,7 @@ def build_demo_checkpoint(model_dir: Path) -> Path:
     tok = train_tokenizer(code_corpus(400, seed=0), DEMO_TOKENIZER_VOCAB)
     write_tokenizer(tok, model_dir, max_length=8192)
     vocab_size = (tok.get_vocab_size() + 127) // 128 * 128
-    cfg = demo_config(vocab_size, tok.token_to_id("<|endoftext|>"), tok.token_to_id("<|im_end|>"))
+    cfg = demo_config(vocab_size, tok.token_to_id("<|endoftext|>"), tok.token_to_id("<|im_end|>"), geometry)
     (model_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (model_dir / "generation_config.json").write_text(json.dumps(
         {"temperature": 1.0, "top_p": 0.95, "top_k": 40, "min_p": 0.01, "eos_token_id": cfg["eos_token_id"]}))
@@ -107,8 +110,14 @@ def build_demo_checkpoint(model_dir: Path) -> Path:
         f"---\nlicense: apache-2.0\ntags:\n- code\n- demo\n---\n# localcoder demo model {__version__}\n"
         "Qwen3-Next architecture, random weights: it runs everywhere and writes nonsense.\n")
     rng = np.random.default_rng(SEED)
-    tensors = {name: _init(name, shape, rng).astype(np.float32) for name, shape in hf_tensor_shapes(cfg).items()}
-    save_file(tensors, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    shapes = hf_tensor_shapes(cfg)
+    layers = [name for name in shapes if name.startswith("model.layers.")]
+    save_file({n: _init(n, shapes[n], rng).astype(np.float32) for n in shapes if n not in layers},
+              str(model_dir / "model-00001-of-00002.safetensors"), metadata={"format": "pt"})
+    save_file({n: _init(n, shapes[n], rng).astype(np.float32) for n in layers},
+              str(model_dir / "model-00002-of-00002.safetensors"), metadata={"format": "pt"})
+    weight_map = {n: f"model-0000{1 + (n in layers)}-of-00002.safetensors" for n in sorted(shapes)}
+    (model_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return model_dir
 
 

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
 
 console = Console(stderr=True)
@@ -29,13 +29,15 @@ class ItemProgress:
 
 
 @contextmanager
-def item_progress(label: str, n_items: int, total_bytes: int, enabled: bool = True) -> Iterator[ItemProgress]:
-    """A bar over `total_bytes` showing items done, bytes, rate and time left."""
+def item_progress(label: str, n_items: int, total: int, enabled: bool = True,
+                  count_bytes: bool = True) -> Iterator[ItemProgress]:
+    """A bar over `total` bytes (or plain units when count_bytes is False): items done, rate, time left."""
     if not enabled:
         yield ItemProgress(None, None, n_items)
         return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn(), TextColumn("{task.fields[item]}"))
+    amount = (DownloadColumn(), TransferSpeedColumn()) if count_bytes else (MofNCompleteColumn(),)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), *amount, TimeRemainingColumn(),
+               TextColumn("{task.fields[item]}"))
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task(label, total=total_bytes, item="")
+        task = progress.add_task(label, total=total, item="")
         yield ItemProgress(progress, task, n_items)

@@ -39,3 +39,11 @@ def test_mtp_block_kept_like_llama_cpp(hf_model, tmp_path):
 
 def test_mtp_block_dropped_on_request(hf_model, tmp_path):
     _assert_same(hf_model("tiny", "bfloat16", mtp=True), tmp_path, "F16", mtp=False, keep_mtp=False)
+
+
+@pytest.mark.parametrize("out_type", ["F16", "Q8_0"])
+def test_demo_checkpoint(tmp_path, out_type):
+    """The demo model (written with numpy, sharded with an index) converts exactly like llama.cpp converts it."""
+    from localcoder.demo import build_demo_checkpoint
+
+    _assert_same(build_demo_checkpoint(tmp_path / "demo"), tmp_path, out_type)

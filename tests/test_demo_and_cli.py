@@ -36,7 +36,8 @@ def test_demo_checkpoint_has_the_real_layout(demo_dir):
 
 def test_demo_is_deterministic(demo_dir, tmp_path):
     again = build_demo_checkpoint(tmp_path / "again")
-    for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "config.json"):
+    for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                 "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "config.json"):
         assert digest(demo_dir / name) == digest(again / name), name
 
 
