@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 LLAMA_CPP_PYTHON := 0.3.36
-ORACLE := .cache/llama.cpp-$(LLAMA_CPP_PYTHON)/convert_hf_to_gguf.py
+ORACLE := .cache/llama.cpp-$(LLAMA_CPP_PYTHON)/.complete
 
 .PHONY: setup setup-test demo test bench clean
 

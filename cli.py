@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import resource
 import sys
 from functools import wraps
 from pathlib import Path
@@ -38,6 +37,11 @@ def user_errors(fn):
 
 
 def _peak_rss_mb() -> float:
+    try:
+        import resource
+    except ImportError:  # Windows: current RSS is the best available
+        import psutil
+        return psutil.Process().memory_info().rss / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

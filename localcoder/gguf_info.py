@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import struct
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,7 @@ def read_gguf_info(path: Path) -> GGUFInfo:
         raise UserError(f"{path} does not exist")
     try:
         reader = GGUFReader(path)
-    except (ValueError, IndexError, OSError, struct_error()) as e:
+    except (ValueError, IndexError, OSError, struct.error) as e:
         raise UserError(f"{path} is not a readable GGUF file ({e}); it may be truncated or corrupt") from None
     metadata = {f.name: f.contents() for f in reader.fields.values() if not f.name.startswith("GGUF.")}
     kinds: dict[str, KindSummary] = defaultdict(lambda: KindSummary(""))
@@ -77,8 +78,3 @@ def read_gguf_info(path: Path) -> GGUFInfo:
         k.nbytes += int(t.n_bytes)
         k.types[t.tensor_type.name] += 1
     return GGUFInfo(path, path.stat().st_size, metadata, sorted(kinds.values(), key=lambda k: -k.nbytes))
-
-
-def struct_error() -> type:
-    import struct
-    return struct.error

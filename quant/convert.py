@@ -90,5 +90,5 @@ def convert_hf(src: Path, out: Path, type_name: str = "F16", keep_mtp: bool = Tr
     check_destination(out, total_out + HEADER_ALLOWANCE)
     with item_progress("converting", len(plan), total_out, show_progress) as progress, atomic_path(out) as tmp:
         write_gguf(writer, tmp, plan, _encode, progress)
-    bytes_in = sum(r.source.nbytes * (r.stop - r.start) // max(1, r.source.n_rows) for t in plan for r in t.ranges)
+    bytes_in = sum({r.source.name: r.source.nbytes for t in plan for r in t.ranges}.values())
     return ConvertResult(out, len(plan), bytes_in, out.stat().st_size, time.perf_counter() - started)

@@ -1,16 +1,18 @@
-"""Fetch llama.cpp's convert_hf_to_gguf.py (with its conversion/ and gguf-py/ packages) from the
-llama-cpp-python sdist on PyPI, for the tests that hold localcoder's converter to it byte for byte.
+"""Fetch llama.cpp's convert_hf_to_gguf.py (with its conversion/ and gguf-py/ packages) and its Qwen3-Coder chat
+template from the llama-cpp-python sdist on PyPI, for the tests that hold localcoder to them.
 
 usage: python scripts/fetch_llama_converter.py VERSION DEST_DIR
 """
 
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
-KEEP = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+KEEP = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "models/templates/Qwen3-Coder.jinja")
+COMPLETE = ".complete"  # written last: a folder without it is an interrupted fetch
 
 
 def main(version: str, dest: str) -> None:
@@ -26,7 +28,10 @@ def main(version: str, dest: str) -> None:
             for m in members:
                 m.name = m.name[len(prefix):]
             staging = dest_dir.with_name(dest_dir.name + ".partial")
+            shutil.rmtree(staging, ignore_errors=True)
             tar.extractall(staging, members=members, filter="data")
+    (staging / COMPLETE).write_text(version)
+    shutil.rmtree(dest_dir, ignore_errors=True)
     staging.replace(dest_dir)
     print(f"llama.cpp converter {version} in {dest_dir}")
 
