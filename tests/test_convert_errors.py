@@ -134,33 +134,32 @@ def test_too_little_free_disk(src, tmp_path, monkeypatch):
     assert_clean_failure(quantize(src, tmp_path / "o.gguf"), tmp_path / "o.gguf", "not enough free disk")
 
 
-def test_source_truncated_while_writing(src, tmp_path, monkeypatch):
-    """A shard that shrinks mid-conversion: the partial output is removed, the message names the shard."""
+def fail_at_encode_call(monkeypatch, n: int, action) -> None:
+    """Run `action()` when the converter encodes its n-th row chunk: a failure in the middle of writing."""
     real_encode, calls = quant.convert.encode_rows, []
 
-    def encode_then_truncate(rows, qtype):
+    def encode(rows, qtype):
         calls.append(1)
-        if len(calls) == 3:
-            shard = src / "model.safetensors"
-            shard.write_bytes(shard.read_bytes()[:4096])
+        if len(calls) == n:
+            action()
         return real_encode(rows, qtype)
 
-    monkeypatch.setattr(quant.convert, "encode_rows", encode_then_truncate)
+    monkeypatch.setattr(quant.convert, "encode_rows", encode)
+
+
+def test_source_truncated_while_writing(src, tmp_path, monkeypatch):
+    """A shard that shrinks mid-conversion: the partial output is removed, the message names the shard."""
+    shard = src / "model.safetensors"
+    fail_at_encode_call(monkeypatch, 3, lambda: shard.write_bytes(shard.read_bytes()[:4096]))
     assert_clean_failure(quantize(src, tmp_path / "o.gguf"), tmp_path / "o.gguf", "truncated")
 
 
 def test_interrupt_leaves_nothing(src, tmp_path, monkeypatch):
-    real_encode, calls = quant.convert.encode_rows, []
+    def interrupt():
+        raise KeyboardInterrupt
 
-    def encode_then_interrupt(rows, qtype):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real_encode(rows, qtype)
-
-    monkeypatch.setattr(quant.convert, "encode_rows", encode_then_interrupt)
-    out = tmp_path / "o.gguf"
-    result = quantize(src, out)
+    fail_at_encode_call(monkeypatch, 5, interrupt)
+    result = quantize(src, tmp_path / "o.gguf")
     assert result.exit_code == 130
     assert "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
