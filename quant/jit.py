@@ -1,0 +1,28 @@
+"""numba's on-disk cache, keyed by the source of every module in quant/.
+
+numba's cache=True checks only the file that defines the cached function; a jitted caller in quantize.py would
+keep stale machine code after a change to a kernel in kblocks.py. Pointing the cache at a folder named after a hash
+of all these sources makes any change start a fresh cache. Imported before any @njit(cache=True) in quant/.
+An explicit NUMBA_CACHE_DIR wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numba
+
+
+def _configure() -> None:
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    from localcoder.demo import cache_root
+
+    sources = sorted(Path(__file__).parent.glob("*.py"))
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
+    numba.config.CACHE_DIR = str(cache_root() / "numba" / digest)
+
+
+_configure()
