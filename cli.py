@@ -61,24 +61,71 @@ def kinds_table(info, title: str) -> Table:
 @app.command()
 @user_errors
 def quantize(
-    src: Path = typer.Argument(..., help="Hugging Face model folder (config.json, *.safetensors, tokenizer.json)."),
-    type_name: str = typer.Option("F16", "--type", "-t", help="F32, F16, BF16 or Q8_0 (K-quants: coming next)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output .gguf file."),
+    src: Optional[Path] = typer.Argument(None, help="Hugging Face model folder, or a GGUF (F32/F16/BF16/Q8_0)."),
+    type_name: str = typer.Option("Q4_K_M", "--type", "-t",
+                                  help="F32, F16, BF16, Q8_0, a llama.cpp K-quant mix (Q2_K, Q3_K_S/M/L, Q4_K_S/M, "
+                                       "Q5_K_S/M, Q6_K) or a recipe (--list-recipes)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output .gguf file."),
+    tensor_type: list[str] = typer.Option([], "--tensor-type", help="REGEX=TYPE override (repeatable; first match "
+                                                                      "wins), as llama-quantize's --tensor-type."),
+    imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="llama.cpp importance matrix (GGUF or .dat)."),
+    allow_requantize: bool = typer.Option(False, "--allow-requantize", help="Accept an already K-quantized source."),
     no_mtp: bool = typer.Option(False, "--no-mtp", help="Drop the multi-token-prediction block (kept by default, "
                                                         "as llama.cpp does)."),
+    list_recipes: bool = typer.Option(False, "--list-recipes", help="List the named recipes and exit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
-    """Convert Hugging Face weights to a GGUF file that llama.cpp also runs."""
-    from localcoder.gguf_info import read_gguf_info
-    from quant.convert import convert_hf
-
-    result = convert_hf(src, output, type_name, keep_mtp=not no_mtp, show_progress=not quiet)
-    if quiet:
+    """Convert or quantize Hugging Face weights (or a GGUF) to a GGUF file that llama.cpp also runs."""
+    if list_recipes:
+        out.print(recipes_table())
         return
-    out.print(kinds_table(read_gguf_info(result.out), f"{result.out}"))
-    out.print(f"{result.n_tensors} tensors, {result.bytes_out / 1e9:.3f} GB written in {result.seconds:.1f} s "
-              f"({result.bytes_in / 1e9 / max(result.seconds, 1e-9):.2f} GB/s read), "
-              f"peak memory {_peak_rss_mb():,.0f} MiB")
+    if src is None or output is None:
+        raise UserError("give SRC and -o OUTPUT, e.g. localcoder quantize ./Qwen3-Coder-Next -t Q4_K_M -o model.gguf")
+    result = run_quantize(src, output, type_name, tensor_type, imatrix, allow_requantize, not no_mtp, not quiet)
+    if not quiet:
+        from localcoder.gguf_info import read_gguf_info
+
+        out.print(kinds_table(read_gguf_info(result.out), f"{result.out}"))
+        out.print(f"{result.n_tensors} tensors, {result.bytes_out / 1e9:.3f} GB written in {result.seconds:.1f} s, "
+                  f"peak memory {_peak_rss_mb():,.0f} MiB")
+
+
+def run_quantize(src: Path, output: Path, type_name: str, tensor_types: list[str], imatrix_path: Optional[Path],
+                 allow_requantize: bool, keep_mtp: bool, show_progress: bool):
+    """Plain conversion (HF folder to F32/F16/BF16/Q8_0, exactly llama.cpp's converter) or a K-quant mix /
+    recipe (exactly llama_model_quantize)."""
+    from quant.convert import convert_hf
+    from quant.ggml_types import CONVERT_TYPES
+    from quant.quantize_file import quantize_model
+    from quant.recipes import resolve
+
+    plain = type_name.upper() in CONVERT_TYPES and not tensor_types and imatrix_path is None
+    if plain and Path(src).is_dir():
+        return convert_hf(src, output, type_name, keep_mtp=keep_mtp, show_progress=show_progress)
+    if type_name.upper() in ("F32", "F16", "BF16"):
+        raise UserError(f"--type {type_name} converts a Hugging Face folder; {src} is not one")
+    if not Path(src).exists():
+        raise UserError(f"{src} does not exist")
+    file_type, overrides = resolve(type_name, tensor_types)
+    weights = None
+    if imatrix_path is not None:
+        from quant.imatrix import load_imatrix
+        weights = load_imatrix(imatrix_path)
+    return quantize_model(src, output, file_type, weights, overrides, allow_requantize, keep_mtp, show_progress)
+
+
+def recipes_table() -> Table:
+    from quant.recipes import load_recipes, model_size_bytes
+    from quant.mixes import FILE_TYPES
+
+    table = Table(title="quantization types and recipes (size of Qwen3-Coder-Next, 80B)", title_justify="left")
+    for col, justify in (("--type", "left"), ("base", "left"), ("GiB", "right"), ("what", "left")):
+        table.add_column(col, justify=justify)
+    for name in FILE_TYPES:
+        table.add_row(name, "llama.cpp", f"{model_size_bytes(name) / 2**30:.1f}", "llama.cpp's own mix")
+    for recipe in load_recipes().values():
+        table.add_row(recipe.name, recipe.base, f"{model_size_bytes(recipe.name) / 2**30:.1f}", recipe.description)
+    return table
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""numba's on-disk cache, keyed by the source of every module in quant/.
+"""numba's on-disk cache, keyed by the source of the kernel modules in quant/.
 
 numba's cache=True checks only the file that defines the cached function; a jitted caller in quantize.py would
 keep stale machine code after a change to a kernel in kblocks.py. Pointing the cache at a folder named after a hash
@@ -15,12 +15,16 @@ from pathlib import Path
 import numba
 
 
+KERNEL_MODULES = ("jit.py", "ksearch.py", "kblocks.py", "quantize.py")  # every module with @njit(cache=True)
+
+
 def _configure() -> None:
     if os.environ.get("NUMBA_CACHE_DIR"):
         return
     from localcoder.demo import cache_root
 
-    sources = sorted(Path(__file__).parent.glob("*.py"))
+    here = Path(__file__).parent
+    sources = [here / name for name in KERNEL_MODULES]
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
     numba.config.CACHE_DIR = str(cache_root() / "numba" / digest)
 

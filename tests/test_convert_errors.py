@@ -112,8 +112,8 @@ def test_checkpoint_disagreeing_with_config(src, tmp_path):
 
 
 def test_unknown_type(src, tmp_path):
-    result = runner.invoke(cli.app, ["quantize", str(src), "-o", str(tmp_path / "o.gguf"), "--type", "Q3_K_M"])
-    assert_clean_failure(result, tmp_path / "o.gguf", "Q3_K_M", "F32, F16, BF16, Q8_0")
+    result = runner.invoke(cli.app, ["quantize", str(src), "-o", str(tmp_path / "o.gguf"), "--type", "Q1_X"])
+    assert_clean_failure(result, tmp_path / "o.gguf", "Q1_X", "Q4_K_M", "--list-recipes")
 
 
 def test_destination_folder_missing(src, tmp_path):
