@@ -3,7 +3,8 @@ loop from ggml-quants.c: the reference quantizers (`quantize_row_*_ref`) and, wi
 ones (`quantize_row_*_impl`) that llama.cpp uses when an imatrix is given. Layouts: reference/kquants.md section 2.
 
 Each function quantizes x[0:256] (float32) into y (uint8, the block's bytes) and uses qw[0:256] (float32 imatrix
-weights) when use_qw is set.
+weights) when use_qw is set. fs (4, 256) float32 and js (4, 256) int32 are scratch rows allocated once per row by
+the caller: a few small allocations per block would otherwise cost a fifth of the time.
 """
 
 from __future__ import annotations
@@ -63,22 +64,16 @@ def _pack_2bit(L, qs):
 
 # Q2_K (84 bytes):  scales[16] (lo nibble scale, hi nibble min, per 16 values) | qs[64] 2-bit | d fp16 | dmin fp16
 @njit(cache=True)
-def q2_k_block(x, y, qw, use_qw):
-    L = np.zeros(QK_K, np.int32)
-    Laux = np.zeros(16, np.int32)
-    w = np.empty(16, np.float32)
-    scales = np.empty(16, np.float32)
-    mins = np.empty(16, np.float32)
+def q2_k_block(x, y, qw, use_qw, fs, js):
+    L, Laux, Ls, Lm = js[0], js[1], js[2], js[3]
+    w, scales, mins, sw = fs[0][:16], fs[1], fs[2], fs[3]
     sc = y[0:16]
     if use_qw:
-        sw = np.empty(16, np.float32)
         sigma2 = _sigma2(x, ONE)
         for j in range(16):
             sw[j] = _importance(x[16 * j:16 * j + 16], qw[16 * j:16 * j + 16], sigma2, w)
             scales[j], mins[j] = make_qkx_quants(16, 3, x[16 * j:], w, L[16 * j:], Laux, F(-0.9), F(0.05), 36,
                                                  False, True)
-        Ls = np.zeros(16, np.int32)
-        Lm = np.zeros(16, np.int32)
         d = make_qp_quants(16, 15, scales, Ls, sw)
         dmin = make_qp_quants(16, 15, mins, Lm, sw)
         for j in range(16):
@@ -131,15 +126,12 @@ def _q3_scale(y, j):
 
 # Q3_K (110 bytes):  hmask[32] (3rd bit) | qs[64] low 2 bits | scales[12] (16 x 6-bit) | d fp16
 @njit(cache=True)
-def q3_k_block(x, y, qw, use_qw):
-    L = np.zeros(QK_K, np.int32)
-    scales = np.empty(16, np.float32)
-    Ls = np.zeros(16, np.int32)
+def q3_k_block(x, y, qw, use_qw, fs, js):
+    L, Ls = js[0], js[2]
+    scales, w, sw = fs[1], fs[0][:16], fs[3]
     for k in range(96, 108):
         y[k] = 0
     if use_qw:
-        w = np.empty(16, np.float32)
-        sw = np.empty(16, np.float32)
         sigma2 = _sigma2(x, TWO)
         for j in range(16):
             sw[j] = _importance(x[16 * j:16 * j + 16], qw[16 * j:16 * j + 16], sigma2, w)
@@ -214,16 +206,11 @@ def _scale_min_k4(y, j):
 
 
 @njit(cache=True)
-def _k4_common(x, y, qw, use_qw, nmax, rmin, rdelta, nstep, clamp_impl_scales, L):
-    """Shared by Q4_K (nmax 15) and Q5_K (nmax 31): sub-block fits, scales, d/dmin, the final codes in L."""
-    Laux = np.zeros(32, np.int32)
-    w = np.empty(32, np.float32)
-    scales = np.empty(8, np.float32)
-    mins = np.empty(8, np.float32)
-    Ls = np.zeros(8, np.int32)
-    Lm = np.zeros(8, np.int32)
+def _k4_common(x, y, qw, use_qw, nmax, rmin, rdelta, nstep, clamp_impl_scales, fs, js):
+    """Shared by Q4_K (nmax 15) and Q5_K (nmax 31): sub-block fits, scales, d/dmin, the final codes in js[0]."""
+    L, Laux, Ls, Lm = js[0], js[1], js[2], js[3]
+    w, scales, mins, sw = fs[0][:32], fs[1], fs[2], fs[3]
     if use_qw:
-        sw = np.empty(8, np.float32)
         sigma2 = _sigma2(x, TWO)
         for j in range(8):
             sw[j] = _importance(x[32 * j:32 * j + 32], qw[32 * j:32 * j + 32], sigma2, w)
@@ -274,9 +261,9 @@ def _k4_common(x, y, qw, use_qw, nmax, rmin, rdelta, nstep, clamp_impl_scales, L
 
 # Q4_K (144 bytes):  d fp16 | dmin fp16 | scales[12] | qs[128]: byte 32c + r holds values 64c + r (lo) and +32 (hi)
 @njit(cache=True)
-def q4_k_block(x, y, qw, use_qw):
-    L = np.zeros(QK_K, np.int32)
-    _k4_common(x, y, qw, use_qw, 15, F(-1.0), F(0.1), 20, False, L)
+def q4_k_block(x, y, qw, use_qw, fs, js):
+    _k4_common(x, y, qw, use_qw, 15, F(-1.0), F(0.1), 20, False, fs, js)
+    L = js[0]
     for c in range(4):
         for l in range(32):
             y[16 + 32 * c + l] = (L[64 * c + l] | (L[64 * c + l + 32] << 4)) & 0xFF
@@ -284,9 +271,9 @@ def q4_k_block(x, y, qw, use_qw):
 
 # Q5_K (176 bytes):  d | dmin | scales[12] | qh[32] (5th bit of value e in bit e//32 of qh[e%32]) | qs[128] as Q4_K
 @njit(cache=True)
-def q5_k_block(x, y, qw, use_qw):
-    L = np.zeros(QK_K, np.int32)
-    _k4_common(x, y, qw, use_qw, 31, F(-0.5), F(0.1), 15, True, L)
+def q5_k_block(x, y, qw, use_qw, fs, js):
+    _k4_common(x, y, qw, use_qw, 31, F(-0.5), F(0.1), 15, True, fs, js)
+    L = js[0]
     for k in range(16, 48):
         y[k] = 0
     m1, m2 = 1, 2
@@ -305,9 +292,8 @@ def q5_k_block(x, y, qw, use_qw):
 
 # Q6_K (210 bytes):  ql[128] low 4 bits | qh[64] high 2 bits | scales[16] int8 | d fp16
 @njit(cache=True)
-def q6_k_block(x, y, qw, use_qw):
-    L = np.zeros(QK_K, np.int32)
-    scales = np.empty(16, np.float32)
+def q6_k_block(x, y, qw, use_qw, fs, js):
+    L, scales = js[0], fs[1]
     max_scale = ZERO
     max_abs_scale = ZERO
     for ib in range(16):
@@ -345,7 +331,7 @@ def q6_k_block(x, y, qw, use_qw):
 
 # Q8_0 (34 bytes per 32 values):  d fp16 | qs[32] int8. Rounds half away from zero (C roundf); imatrix unused.
 @njit(cache=True)
-def q8_0_block(x, y, qw, use_qw):
+def q8_0_block(x, y, qw, use_qw, fs, js):
     amax = ZERO
     for j in range(32):
         amax = max(amax, abs(x[j]))
@@ -370,19 +356,19 @@ def _signed_absmax(x, n):
 
 
 @njit(cache=True)
-def _weighted_32(x, qw, sigma2):
+def _weighted_32(x, qw, sigma2, fs):
     """Importance weights of the fallback types: qw * sqrt(sigma2 + x^2), sigma2 taken over the whole row."""
-    w = np.empty(32, np.float32)
+    w = fs[0][:32]
     _importance(x, qw, sigma2, w)
     return w
 
 
 # Q4_0 (18 bytes per 32):  d fp16 | qs[16]: value j in the low nibble of qs[j], value j+16 in the high nibble
 @njit(cache=True)
-def q4_0_block(x, y, qw, use_qw, row_sigma2):
+def q4_0_block(x, y, qw, use_qw, row_sigma2, fs, js):
     if use_qw:
-        L = np.zeros(32, np.int32)
-        store_fp16(y, 0, make_qx_quants(32, 8, x, L, _weighted_32(x, qw, row_sigma2), True))
+        L = js[0]
+        store_fp16(y, 0, make_qx_quants(32, 8, x, L, _weighted_32(x, qw, row_sigma2, fs), True))
         for j in range(16):
             y[2 + j] = (L[j] | (L[j + 16] << 4)) & 0xFF
         return
@@ -417,10 +403,10 @@ def _pack_q5_codes(y, qs_at, qh_at, L):
 
 # Q5_0 (22 bytes per 32):  d fp16 | qh u32 (5th bits: bit j for value j) | qs[16] as Q4_0
 @njit(cache=True)
-def q5_0_block(x, y, qw, use_qw, row_sigma2):
+def q5_0_block(x, y, qw, use_qw, row_sigma2, fs, js):
     if use_qw:
-        L = np.zeros(32, np.int32)
-        store_fp16(y, 0, make_qx_quants(32, 16, x, L, _weighted_32(x, qw, row_sigma2), True))
+        L = js[0]
+        store_fp16(y, 0, make_qx_quants(32, 16, x, L, _weighted_32(x, qw, row_sigma2, fs), True))
         _pack_q5_codes(y, 6, 2, L)
         return
     d = _signed_absmax(x, 32) / F(-16.0)
@@ -436,11 +422,10 @@ def q5_0_block(x, y, qw, use_qw, row_sigma2):
 
 # Q5_1 (24 bytes per 32):  d fp16 | m fp16 (the minimum) | qh u32 | qs[16]
 @njit(cache=True)
-def q5_1_block(x, y, qw, use_qw, row_sigma2):
+def q5_1_block(x, y, qw, use_qw, row_sigma2, fs, js):
     if use_qw:
-        L = np.zeros(32, np.int32)
-        Laux = np.zeros(32, np.int32)
-        d, the_min = make_qkx_quants(32, 31, x, _weighted_32(x, qw, row_sigma2), L, Laux, F(-0.9), F(0.05), 36,
+        L, Laux = js[0], js[1]
+        d, the_min = make_qkx_quants(32, 31, x, _weighted_32(x, qw, row_sigma2, fs), L, Laux, F(-0.9), F(0.05), 36,
                                      False, True)
         store_fp16(y, 0, d)
         store_fp16(y, 2, -the_min)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 import quant.jit  # noqa: F401  (cache keyed by source; before any @njit)
 
@@ -23,27 +25,22 @@ ONE = F(1.0)
 TENTH = F(0.1)
 
 
+@intrinsic
+def _float32_bits(typingctx, value):
+    """The int32 bit pattern of a float32 (C's memcpy from float to int)."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.int32(types.float32), codegen
+
+
 @njit(cache=True)
 def nearest_int(fval):
-    """ggml's nearest_int: float32 add of 1.5*2**23, then the low 23 bits of the result minus 2**22."""
-    val = fval + MAGIC
-    if abs(fval) <= F(4194303.0):
-        return np.int64(val) - 12582912  # val is an exact integer in [2**23, 2**24): the bit trick's value
-    return _low_mantissa_bits(val) - 0x400000
-
-
-@njit(cache=True)
-def _low_mantissa_bits(val):
-    """(bits of float32 val) & 0x7fffff, for the out-of-range inputs ggml does not assert on in release builds."""
-    if val != val:
-        return 0x400000  # the default quiet NaN
-    a = abs(np.float64(val))
-    if a == math.inf or a == 0.0:
-        return 0
-    m, e = math.frexp(a)
-    if e >= -125:  # normal float32
-        return np.int64((m * 2.0 - 1.0) * 8388608.0)
-    return np.int64(a * 2.0 ** 149)
+    """ggml's nearest_int, bit for bit: float32 add of 1.5*2**23, then the low 23 bits minus 2**22 (round half to
+    even inside +-2**22, and the same wrapped value outside, where release builds skip the assert)."""
+    return np.int64((_float32_bits(fval + MAGIC) & 0x007FFFFF) - 0x00400000)
 
 
 @njit(cache=True)

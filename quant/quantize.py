@@ -24,31 +24,33 @@ QUANTIZABLE = tuple(_KERNEL_IDS)
 
 
 @njit(cache=True)
-def _block(kernel, x, y, qw, use_qw, row_sigma2):
+def _block(kernel, x, y, qw, use_qw, row_sigma2, fs, js):
     if kernel == 0:
-        kblocks.q2_k_block(x, y, qw, use_qw)
+        kblocks.q2_k_block(x, y, qw, use_qw, fs, js)
     elif kernel == 1:
-        kblocks.q3_k_block(x, y, qw, use_qw)
+        kblocks.q3_k_block(x, y, qw, use_qw, fs, js)
     elif kernel == 2:
-        kblocks.q4_k_block(x, y, qw, use_qw)
+        kblocks.q4_k_block(x, y, qw, use_qw, fs, js)
     elif kernel == 3:
-        kblocks.q5_k_block(x, y, qw, use_qw)
+        kblocks.q5_k_block(x, y, qw, use_qw, fs, js)
     elif kernel == 4:
-        kblocks.q6_k_block(x, y, qw, use_qw)
+        kblocks.q6_k_block(x, y, qw, use_qw, fs, js)
     elif kernel == 5:
-        kblocks.q8_0_block(x, y, qw, use_qw)
+        kblocks.q8_0_block(x, y, qw, use_qw, fs, js)
     elif kernel == 6:
-        kblocks.q4_0_block(x, y, qw, use_qw, row_sigma2)
+        kblocks.q4_0_block(x, y, qw, use_qw, row_sigma2, fs, js)
     elif kernel == 7:
-        kblocks.q5_0_block(x, y, qw, use_qw, row_sigma2)
+        kblocks.q5_0_block(x, y, qw, use_qw, row_sigma2, fs, js)
     else:
-        kblocks.q5_1_block(x, y, qw, use_qw, row_sigma2)
+        kblocks.q5_1_block(x, y, qw, use_qw, row_sigma2, fs, js)
 
 
 @njit(parallel=True, cache=True)
 def _quantize_rows(x, out, kernel, block, type_size, imatrix, use_qw):
     n_rows, n_cols = x.shape
     for r in prange(n_rows):
+        fs = np.empty((4, 256), np.float32)
+        js = np.empty((4, 256), np.int32)
         row_sigma2 = np.float32(0.0)
         if use_qw and block == 32:  # the 32-wide types weight by the whole row's mean square
             for c in range(n_cols):
@@ -56,7 +58,7 @@ def _quantize_rows(x, out, kernel, block, type_size, imatrix, use_qw):
             row_sigma2 = row_sigma2 / np.float32(n_cols)
         for b in range(n_cols // block):
             _block(kernel, x[r, b * block:(b + 1) * block], out[r, b * type_size:(b + 1) * type_size],
-                   imatrix[b * block:(b + 1) * block], use_qw, row_sigma2)
+                   imatrix[b * block:(b + 1) * block], use_qw, row_sigma2, fs, js)
 
 
 def qtype_of(qtype) -> GGMLQuantizationType:
