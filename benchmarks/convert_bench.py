@@ -32,10 +32,10 @@ GEOMETRY = dict(hidden_size=1024, num_hidden_layers=8, num_attention_heads=8, nu
 CONVERTER = REPO / ".cache" / "llama.cpp-0.3.36"
 
 
-def run_measured(cmd: list[str]) -> tuple[float, float]:
+def run_measured(cmd: list[str], cwd: Path | None = None) -> tuple[float, float]:
     """(wall seconds, peak RSS in MiB of that process alone)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     if status != 0:

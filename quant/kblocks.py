@@ -22,19 +22,19 @@ F15, F63, F32_, F128, F256 = F(15.0), F(63.0), F(32.0), F(128.0), F(256.0)
 TWO = F(2.0)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _u(y, k):
     """Byte k as int64: numba would otherwise mix uint8 and int64 arithmetic into float64."""
     return np.int64(y[k])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _or(y, k, bits):
     """y[k] |= bits, truncated to a byte as C's uint8_t store does."""
     y[k] = (np.int64(y[k]) | bits) & 0xFF
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _sigma2(x, factor):
     """factor * (sum of x*x over the block) / 256, summed sequentially in float32."""
     s = ZERO
@@ -43,7 +43,7 @@ def _sigma2(x, factor):
     return factor * s / F256
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _importance(x, qw, sigma2, out):
     """out[i] = qw[i] * sqrt(sigma2 + x[i]^2) and their sequential sum."""
     total = ZERO
@@ -54,7 +54,7 @@ def _importance(x, qw, sigma2, out):
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _pack_2bit(L, qs):
     """qs[32h + r%32] holds element 128h + r in bits 2*(r//32): four 32-element runs per byte."""
     for j in range(0, QK_K, 128):
@@ -63,7 +63,7 @@ def _pack_2bit(L, qs):
 
 
 # Q2_K (84 bytes):  scales[16] (lo nibble scale, hi nibble min, per 16 values) | qs[64] 2-bit | d fp16 | dmin fp16
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def q2_k_block(x, y, qw, use_qw, fs, js):
     L, Laux, Ls, Lm = js[0], js[1], js[2], js[3]
     w, scales, mins, sw = fs[0][:16], fs[1], fs[2], fs[3]
@@ -117,7 +117,7 @@ def q2_k_block(x, y, qw, use_qw, fs, js):
     _pack_2bit(L, y[16:80])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _q3_scale(y, j):
     """The signed 6-bit scale j of a Q3_K block (scales at y[96:108])."""
     s = _u(y, 96 + j) & 0xF if j < 8 else _u(y, 96 + j - 8) >> 4
@@ -125,7 +125,7 @@ def _q3_scale(y, j):
 
 
 # Q3_K (110 bytes):  hmask[32] (3rd bit) | qs[64] low 2 bits | scales[12] (16 x 6-bit) | d fp16
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def q3_k_block(x, y, qw, use_qw, fs, js):
     L, Ls = js[0], js[2]
     scales, w, sw = fs[1], fs[0][:16], fs[3]
@@ -182,7 +182,7 @@ def q3_k_block(x, y, qw, use_qw, fs, js):
     _pack_2bit(L, y[32:96])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _pack_scales_k4(y, Ls, Lm):
     """Q4_K/Q5_K scales[12] at y[4:16]: 8 six-bit scales and 8 six-bit mins."""
     s = y[4:16]
@@ -197,7 +197,7 @@ def _pack_scales_k4(y, Ls, Lm):
             _or(s, j, (lm >> 4) << 6)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _scale_min_k4(y, j):
     """get_scale_min_k4 on the scales at y[4:16]."""
     if j < 4:
@@ -205,7 +205,7 @@ def _scale_min_k4(y, j):
     return (_u(y, 8 + j) & 0xF) | ((_u(y, j) >> 6) << 4), (_u(y, 8 + j) >> 4) | ((_u(y, 4 + j) >> 6) << 4)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _k4_common(x, y, qw, use_qw, nmax, rmin, rdelta, nstep, clamp_impl_scales, fs, js):
     """Shared by Q4_K (nmax 15) and Q5_K (nmax 31): sub-block fits, scales, d/dmin, the final codes in js[0]."""
     L, Laux, Ls, Lm = js[0], js[1], js[2], js[3]
@@ -260,7 +260,7 @@ def _k4_common(x, y, qw, use_qw, nmax, rmin, rdelta, nstep, clamp_impl_scales, f
 
 
 # Q4_K (144 bytes):  d fp16 | dmin fp16 | scales[12] | qs[128]: byte 32c + r holds values 64c + r (lo) and +32 (hi)
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def q4_k_block(x, y, qw, use_qw, fs, js):
     _k4_common(x, y, qw, use_qw, 15, F(-1.0), F(0.1), 20, False, fs, js)
     L = js[0]
@@ -270,7 +270,7 @@ def q4_k_block(x, y, qw, use_qw, fs, js):
 
 
 # Q5_K (176 bytes):  d | dmin | scales[12] | qh[32] (5th bit of value e in bit e//32 of qh[e%32]) | qs[128] as Q4_K
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def q5_k_block(x, y, qw, use_qw, fs, js):
     _k4_common(x, y, qw, use_qw, 31, F(-0.5), F(0.1), 15, True, fs, js)
     L = js[0]
@@ -291,7 +291,7 @@ def q5_k_block(x, y, qw, use_qw, fs, js):
 
 
 # Q6_K (210 bytes):  ql[128] low 4 bits | qh[64] high 2 bits | scales[16] int8 | d fp16
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def q6_k_block(x, y, qw, use_qw, fs, js):
     L, scales = js[0], fs[1]
     max_scale = ZERO
@@ -330,7 +330,7 @@ def q6_k_block(x, y, qw, use_qw, fs, js):
 
 
 # Q8_0 (34 bytes per 32 values):  d fp16 | qs[32] int8. Rounds half away from zero (C roundf); imatrix unused.
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def q8_0_block(x, y, qw, use_qw, fs, js):
     amax = ZERO
     for j in range(32):
@@ -344,7 +344,7 @@ def q8_0_block(x, y, qw, use_qw, fs, js):
         y[2 + j] = np.int64(-q if v < 0 else q) & 0xFF
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _signed_absmax(x, n):
     amax = ZERO
     vmax = ZERO
@@ -355,7 +355,7 @@ def _signed_absmax(x, n):
     return vmax
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _weighted_32(x, qw, sigma2, fs):
     """Importance weights of the fallback types: qw * sqrt(sigma2 + x^2), sigma2 taken over the whole row."""
     w = fs[0][:32]
@@ -364,7 +364,7 @@ def _weighted_32(x, qw, sigma2, fs):
 
 
 # Q4_0 (18 bytes per 32):  d fp16 | qs[16]: value j in the low nibble of qs[j], value j+16 in the high nibble
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def q4_0_block(x, y, qw, use_qw, row_sigma2, fs, js):
     if use_qw:
         L = js[0]
@@ -381,19 +381,19 @@ def q4_0_block(x, y, qw, use_qw, row_sigma2, fs, js):
         y[2 + j] = (xi0 | (xi1 << 4)) & 0xFF
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _pack_q5(y, qs_at, xi0, xi1, j, qh):
     y[qs_at + j] = ((xi0 & 0xF) | ((xi1 & 0xF) << 4)) & 0xFF
     return qh | (((xi0 & 0x10) >> 4) << j) | (((xi1 & 0x10) >> 4) << (j + 16))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _store_u32(y, pos, v):
     for k in range(4):
         y[pos + k] = (v >> (8 * k)) & 0xFF
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _pack_q5_codes(y, qs_at, qh_at, L):
     qh = 0
     for j in range(16):
@@ -402,7 +402,7 @@ def _pack_q5_codes(y, qs_at, qh_at, L):
 
 
 # Q5_0 (22 bytes per 32):  d fp16 | qh u32 (5th bits: bit j for value j) | qs[16] as Q4_0
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def q5_0_block(x, y, qw, use_qw, row_sigma2, fs, js):
     if use_qw:
         L = js[0]
@@ -421,7 +421,7 @@ def q5_0_block(x, y, qw, use_qw, row_sigma2, fs, js):
 
 
 # Q5_1 (24 bytes per 32):  d fp16 | m fp16 (the minimum) | qh u32 | qs[16]
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def q5_1_block(x, y, qw, use_qw, row_sigma2, fs, js):
     if use_qw:
         L, Laux = js[0], js[1]

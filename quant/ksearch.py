@@ -36,14 +36,14 @@ def _float32_bits(typingctx, value):
     return types.int32(types.float32), codegen
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def nearest_int(fval):
     """ggml's nearest_int, bit for bit: float32 add of 1.5*2**23, then the low 23 bits minus 2**22 (round half to
     even inside +-2**22, and the same wrapped value outside, where release builds skip the assert)."""
     return np.int64((_float32_bits(fval + MAGIC) & 0x007FFFFF) - 0x00400000)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def fp32_to_fp16_bits(f):
     """IEEE binary16 bits of float32 f, rounding to nearest even (= ggml_compute_fp32_to_fp16, NaN -> 0x7E00)."""
     x = np.float64(f)
@@ -64,7 +64,7 @@ def fp32_to_fp16_bits(f):
     return np.uint16(sign | (exp << 10) | mant)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def fp16_bits_to_fp32(h):
     """float32 value of binary16 bits h (exact)."""
     h = np.int64(h)
@@ -78,13 +78,13 @@ def fp16_bits_to_fp32(h):
     return F(sign * (1.0 + mant / 1024.0) * 2.0 ** (exp - 15))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def fp16_round(f):
     """f rounded through binary16 and back, as ggml does when it re-reads a stored scale."""
     return fp16_bits_to_fp32(fp32_to_fp16_bits(f))
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def store_fp16(out, pos, f):
     """Write f as little-endian binary16 at out[pos:pos+2]."""
     h = fp32_to_fp16_bits(f)
@@ -92,7 +92,7 @@ def store_fp16(out, pos, f):
     out[pos + 1] = np.uint8(h >> 8)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def make_qkx_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, qkx3):
     """Asymmetric fit x ~ scale*L + min, L in [0, nmax]: make_qkx2_quants (Q:799-878) or, with qkx3,
     make_qkx3_quants (Q:993-1074), whose only reachable difference is giving up when max <= min instead of
@@ -158,7 +158,7 @@ def make_qkx_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, 
     return scale, -fmin
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def make_qx_quants(n, nmax, x, L, qw, use_qw):
     """Symmetric fit with codes L in [0, 2*nmax-1] (Q:628-695, rmse_type 1); weights qw, else x*x."""
     fmax = ZERO
@@ -202,7 +202,7 @@ def make_qx_quants(n, nmax, x, L, qw, use_qw):
     return scale
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def make_q3_quants(n, nmax, x, L):
     """Q3_K's symmetric fit with coordinate-descent refinement (Q:697-754, do_rmse); codes L in [0, 2*nmax-1]."""
     fmax = ZERO
@@ -248,7 +248,7 @@ def make_q3_quants(n, nmax, x, L):
     return sumlx / suml2 if suml2 > ZERO else ZERO
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def make_qp_quants(n, nmax, x, L, qw):
     """Unsigned fit of non-negative values (block scales/mins on the imatrix path, Q:1076-1147); L is uint8 and,
     as in C, stores codes modulo 256."""

@@ -23,7 +23,7 @@ _KERNEL_IDS = {T.Q2_K: 0, T.Q3_K: 1, T.Q4_K: 2, T.Q5_K: 3, T.Q6_K: 4, T.Q8_0: 5,
 QUANTIZABLE = tuple(_KERNEL_IDS)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _block(kernel, x, y, qw, use_qw, row_sigma2, fs, js):
     if kernel == 0:
         kblocks.q2_k_block(x, y, qw, use_qw, fs, js)
@@ -45,7 +45,7 @@ def _block(kernel, x, y, qw, use_qw, row_sigma2, fs, js):
         kblocks.q5_1_block(x, y, qw, use_qw, row_sigma2, fs, js)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _quantize_rows(x, out, kernel, block, type_size, imatrix, use_qw):
     n_rows, n_cols = x.shape
     for r in prange(n_rows):

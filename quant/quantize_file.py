@@ -12,7 +12,7 @@ target type copied byte for byte; an imatrix applied per expert slice. Streaming
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,7 +51,6 @@ class SourceModel:
     arch: str
     kv: list[tuple[str, Any, GGUFValueType, GGUFValueType | None]]
     tensors: list[SourceTensor]
-    keep_alive: list = field(default_factory=list)  # readers whose memory maps the row readers use
 
     def value(self, key: str):
         return next((v for k, v, _, _ in self.kv if k == key), None)
@@ -93,22 +92,32 @@ def gguf_source(path: Path) -> SourceModel:
         if not f.name.startswith("GGUF."):
             sub = f.types[1] if f.types[0] == GGUFValueType.ARRAY else None
             kv.append((f.name, f.contents(), f.types[0], sub))
-    tensors = [_gguf_tensor(t) for t in reader.tensors]
+    tensors = [_gguf_tensor(t, path) for t in reader.tensors]
     arch = next((v for k, v, _, _ in kv if k == "general.architecture"), None)
-    return SourceModel(arch, kv, tensors, [reader])
+    return SourceModel(arch, kv, tensors)
 
 
-def _gguf_tensor(t) -> SourceTensor:
+def _gguf_tensor(t, path: Path) -> SourceTensor:
+    """Rows are read from the file on demand (not through the memory map, whose touched pages would count as
+    resident memory for the whole file)."""
     qtype = T(t.tensor_type)
     ne = tuple(int(d) for d in t.shape)
-    raw2d = t.data.reshape(int(np.prod(ne[1:], dtype=np.int64)), -1)
+    row_bytes = int(t.n_bytes) // int(np.prod(ne[1:], dtype=np.int64))
+    offset = int(t.data_offset)
+
+    def rows_raw(start: int, stop: int) -> np.ndarray:
+        raw = np.fromfile(path, np.uint8, (stop - start) * row_bytes, offset=offset + start * row_bytes)
+        if raw.size != (stop - start) * row_bytes:
+            raise UserError(f"{path} ended inside {t.name}: the file is truncated")
+        return raw.reshape(stop - start, row_bytes)
 
     def rows_f32(start: int, stop: int) -> np.ndarray:
+        raw = rows_raw(start, stop)
         if qtype == T.F32:
-            return np.asarray(raw2d[start:stop], dtype=np.float32)
-        return dequantize(raw2d[start:stop].view(np.uint8), qtype, (stop - start, ne[0]))
+            return raw.view(np.float32)
+        return dequantize(raw, qtype, (stop - start, ne[0]))
 
-    return SourceTensor(t.name, ne, qtype, rows_f32, lambda a, b: np.ascontiguousarray(raw2d[a:b]).view(np.uint8))
+    return SourceTensor(t.name, ne, qtype, rows_f32, rows_raw)
 
 
 def hf_source(src: Path, keep_mtp: bool) -> SourceModel:

@@ -12,13 +12,13 @@ FTYPES = {"Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12, "Q3_K_L": 13, "Q4_K_S": 14, "Q
 
 
 def llama_quantize(src: Path, out: Path, file_type: str, imatrix: dict[str, np.ndarray] | None = None,
-                   tensor_types: list[tuple[str, int]] = ()) -> Path:
+                   tensor_types: list[tuple[str, int]] = (), nthread: int = 2) -> Path:
     import llama_cpp as L
 
     L.llama_backend_init()
     p = L.llama_model_quantize_default_params()
     p.ftype = FTYPES[file_type]
-    p.nthread = 2
+    p.nthread = nthread
     keep = []  # ctypes buffers must outlive the call
     if imatrix:
         entries = (L.llama_model_imatrix_data * (len(imatrix) + 1))()
