@@ -1,6 +1,9 @@
 """Scalar primitives of ggml's quantizers, ported loop for loop from ggml-quants.c (llama.cpp in llama-cpp-python
 0.3.36) so that numba produces the same bytes (reference/kquants.md sections 1 and 3).
 
+The search helpers are inlined into the block kernels (inline="always"): called 16 times per block, their call
+boundaries (array refcounting) cost Q6_K about 10% otherwise.
+
 Float discipline: every value is float32 and every operation is evaluated in C's order. In numba, an int or a
 Python float literal in an expression promotes it to float64, so ints are wrapped in F() and constants are float32
 globals. Reductions are sequential loops. No fastmath (it would allow FMA contraction and re-association).
@@ -92,7 +95,7 @@ def store_fp16(out, pos, f):
     out[pos + 1] = np.uint8(h >> 8)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def make_qkx_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, qkx3):
     """Asymmetric fit x ~ scale*L + min, L in [0, nmax]: make_qkx2_quants (Q:799-878) or, with qkx3,
     make_qkx3_quants (Q:993-1074), whose only reachable difference is giving up when max <= min instead of
@@ -158,7 +161,7 @@ def make_qkx_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, 
     return scale, -fmin
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def make_qx_quants(n, nmax, x, L, qw, use_qw):
     """Symmetric fit with codes L in [0, 2*nmax-1] (Q:628-695, rmse_type 1); weights qw, else x*x."""
     fmax = ZERO
@@ -202,7 +205,7 @@ def make_qx_quants(n, nmax, x, L, qw, use_qw):
     return scale
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def make_q3_quants(n, nmax, x, L):
     """Q3_K's symmetric fit with coordinate-descent refinement (Q:697-754, do_rmse); codes L in [0, 2*nmax-1]."""
     fmax = ZERO
@@ -248,7 +251,7 @@ def make_q3_quants(n, nmax, x, L):
     return sumlx / suml2 if suml2 > ZERO else ZERO
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def make_qp_quants(n, nmax, x, L, qw):
     """Unsigned fit of non-negative values (block scales/mins on the imatrix path, Q:1076-1147); L is uint8 and,
     as in C, stores codes modulo 256."""
