@@ -86,8 +86,9 @@ def quantize(
         from localcoder.gguf_info import read_gguf_info
 
         out.print(kinds_table(read_gguf_info(result.out), f"{result.out}"))
-        out.print(f"{result.n_tensors} tensors, {result.bytes_out / 1e9:.3f} GB written in {result.seconds:.1f} s, "
-                  f"peak memory {_peak_rss_mb():,.0f} MiB")
+        rate = result.bytes_out / 1e9 / max(result.seconds, 1e-9)
+        out.print(f"{result.n_tensors} tensors, {result.bytes_out / 1e9:.3f} GB written in {result.seconds:.1f} s "
+                  f"({rate:.2f} GB/s), peak memory {_peak_rss_mb():,.0f} MiB")
 
 
 def run_quantize(src: Path, output: Path, type_name: str, tensor_types: list[str], imatrix_path: Optional[Path],

@@ -29,11 +29,10 @@ HEADER_ALLOWANCE = 64 << 20  # tokenizer + metadata + padding, generously
 
 @dataclass
 class ConvertResult:
-    """What a conversion did: enough for the summary table and the benchmark."""
+    """What a conversion did, for the summary line."""
 
     out: Path
     n_tensors: int
-    bytes_in: int
     bytes_out: int
     seconds: float
 
@@ -90,5 +89,4 @@ def convert_hf(src: Path, out: Path, type_name: str = "F16", keep_mtp: bool = Tr
     check_destination(out, total_out + HEADER_ALLOWANCE)
     with item_progress("converting", len(plan), total_out, show_progress) as progress, atomic_path(out) as tmp:
         write_gguf(writer, tmp, plan, _encode, progress)
-    bytes_in = sum({r.source.name: r.source.nbytes for t in plan for r in t.ranges}.values())
-    return ConvertResult(out, len(plan), bytes_in, out.stat().st_size, time.perf_counter() - started)
+    return ConvertResult(out, len(plan), out.stat().st_size, time.perf_counter() - started)
