@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit
 
 from quant.ksearch import (GROUP_MAX_EPS, ONE, ZERO, F, fp16_round, make_q3_quants, make_qkx_quants,
-                           make_qp_quants, make_qx_quants, nearest_int, store_fp16)
+                           make_qp_quants, make_qx_quants, nearest_int, signed_absmax, store_fp16)
 
 QK_K = 256
 F15, F63, F32_, F128, F256 = F(15.0), F(63.0), F(32.0), F(128.0), F(256.0)
@@ -345,17 +345,6 @@ def q8_0_block(x, y, qw, use_qw, fs, js):
 
 
 @njit(cache=True, error_model="numpy")
-def _signed_absmax(x, n):
-    amax = ZERO
-    vmax = ZERO
-    for j in range(n):
-        if amax < abs(x[j]):
-            amax = abs(x[j])
-            vmax = x[j]
-    return vmax
-
-
-@njit(cache=True, error_model="numpy")
 def _weighted_32(x, qw, sigma2, fs):
     """Importance weights of the fallback types: qw * sqrt(sigma2 + x^2), sigma2 taken over the whole row."""
     w = fs[0][:32]
@@ -372,7 +361,7 @@ def q4_0_block(x, y, qw, use_qw, row_sigma2, fs, js):
         for j in range(16):
             y[2 + j] = (L[j] | (L[j + 16] << 4)) & 0xFF
         return
-    d = _signed_absmax(x, 32) / F(-8.0)
+    d = signed_absmax(x, 32)[1] / F(-8.0)
     inv = ONE / d if d != ZERO else ZERO
     store_fp16(y, 0, d)
     for j in range(16):
@@ -409,7 +398,7 @@ def q5_0_block(x, y, qw, use_qw, row_sigma2, fs, js):
         store_fp16(y, 0, make_qx_quants(32, 16, x, L, _weighted_32(x, qw, row_sigma2, fs), True))
         _pack_q5_codes(y, 6, 2, L)
         return
-    d = _signed_absmax(x, 32) / F(-16.0)
+    d = signed_absmax(x, 32)[1] / F(-16.0)
     inv = ONE / d if d != ZERO else ZERO
     store_fp16(y, 0, d)
     qh = 0

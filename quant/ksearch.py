@@ -161,16 +161,22 @@ def make_qkx_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, 
     return scale, -fmin
 
 
+@njit(cache=True, error_model="numpy")
+def signed_absmax(x, n):
+    """(largest |x[i]|, the signed x[i] attaining it); the first one wins ties, as in ggml's strict `>` loops."""
+    amax = ZERO
+    vmax = ZERO
+    for i in range(n):
+        if abs(x[i]) > amax:
+            amax = abs(x[i])
+            vmax = x[i]
+    return amax, vmax
+
+
 @njit(cache=True, error_model="numpy", inline="always")
 def make_qx_quants(n, nmax, x, L, qw, use_qw):
     """Symmetric fit with codes L in [0, 2*nmax-1] (Q:628-695, rmse_type 1); weights qw, else x*x."""
-    fmax = ZERO
-    amax = ZERO
-    for i in range(n):
-        ax = abs(x[i])
-        if ax > amax:
-            amax = ax
-            fmax = x[i]
+    amax, fmax = signed_absmax(x, n)
     if amax < GROUP_MAX_EPS:
         for i in range(n):
             L[i] = 0
@@ -208,13 +214,7 @@ def make_qx_quants(n, nmax, x, L, qw, use_qw):
 @njit(cache=True, error_model="numpy", inline="always")
 def make_q3_quants(n, nmax, x, L):
     """Q3_K's symmetric fit with coordinate-descent refinement (Q:697-754, do_rmse); codes L in [0, 2*nmax-1]."""
-    fmax = ZERO
-    amax = ZERO
-    for i in range(n):
-        ax = abs(x[i])
-        if ax > amax:
-            amax = ax
-            fmax = x[i]
+    amax, fmax = signed_absmax(x, n)
     if amax < GROUP_MAX_EPS:
         for i in range(n):
             L[i] = 0
