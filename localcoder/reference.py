@@ -4,6 +4,10 @@ Slow and obvious on purpose. The math is reference/qwen3next.md section 3, writt
 already 1 + w, ssm_a is already -exp(A_log), and attn_qkv rows are [q heads, k heads, v heads]). DeltaNet runs in
 its recurrent form token by token, as llama.cpp's CPU backend does.
 
+State between calls (a session) is a list with one dict per layer: attention layers keep post-RoPE keys and values,
+DeltaNet layers the last K-1 conv inputs and the recurrent state. Feeding tokens in pieces gives the same logits as
+one call on all of them.
+
 Shapes: T tokens, H hidden; per-head sizes d (attention), dk = dv (DeltaNet).
 """
 
@@ -45,28 +49,32 @@ def rope_neox(x: np.ndarray, positions: np.ndarray, rope_dim: int, base: float) 
     return out
 
 
-def attention(x: np.ndarray, w: dict, p: str, args: ModelArgs) -> np.ndarray:
-    """Gated full attention: q and its sigmoid gate interleaved per head in attn_q; q/k RMS norms; GQA."""
+def attention(x: np.ndarray, w: dict, p: str, args: ModelArgs, state: dict) -> np.ndarray:
+    """Gated full attention: q and its sigmoid gate interleaved per head in attn_q; q/k RMS norms; GQA.
+    state["k"], state["v"]: [past, nkv, d], extended in place."""
     T, nh, nkv, d = x.shape[0], args.n_head, args.n_head_kv, args.head_dim
+    past = state["k"].shape[0]
     qg = (x @ w[p + "attn_q.weight"].T).reshape(T, nh, 2 * d)
     q, gate = qg[..., :d], qg[..., d:].reshape(T, nh * d)
     k = (x @ w[p + "attn_k.weight"].T).reshape(T, nkv, d)
     v = (x @ w[p + "attn_v.weight"].T).reshape(T, nkv, d)
     q = rms_norm(q, w[p + "attn_q_norm.weight"], args.eps)
     k = rms_norm(k, w[p + "attn_k_norm.weight"], args.eps)
-    pos = np.arange(T, dtype=np.float64)
+    pos = np.arange(past, past + T, dtype=np.float64)
     q, k = rope_neox(q, pos, args.rope_dim, args.rope_base), rope_neox(k, pos, args.rope_dim, args.rope_base)
-    k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v, nh // nkv, axis=1)  # query head h uses kv head h // g
+    state["k"], state["v"] = np.concatenate([state["k"], k]), np.concatenate([state["v"], v])
+    k, v = np.repeat(state["k"], nh // nkv, axis=1), np.repeat(state["v"], nh // nkv, axis=1)  # head h -> h // g
     scores = np.einsum("thd,shd->hts", q, k) / np.sqrt(d)
-    scores = np.where(np.tril(np.ones((T, T), bool)), scores, -np.inf)
+    scores = np.where(np.tril(np.ones((T, past + T), bool), k=past), scores, -np.inf)
     probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
     out = np.einsum("hts,shd->thd", probs, v).reshape(T, nh * d)
     return (out * sigmoid(gate)) @ w[p + "attn_output.weight"].T
 
 
-def gated_delta_net(x: np.ndarray, w: dict, p: str, args: ModelArgs) -> np.ndarray:
-    """Gated DeltaNet: causal conv + SiLU over [q, k, v], L2-normed q/k, the gated delta rule, gated RMS norm."""
+def gated_delta_net(x: np.ndarray, w: dict, p: str, args: ModelArgs, state: dict) -> np.ndarray:
+    """Gated DeltaNet: causal conv + SiLU over [q, k, v], L2-normed q/k, the gated delta rule, gated RMS norm.
+    state["conv"]: the last K-1 conv inputs [K-1, channels]; state["S"]: [nv, dk, dv]; both updated."""
     T, nk, nv, dk, dv = x.shape[0], args.nk, args.nv, args.dk, args.dv
     r = nv // nk
     mixed = x @ w[p + "attn_qkv.weight"].T  # [T, 2*nk*dk + nv*dv], channels [q, k, v]
@@ -75,7 +83,8 @@ def gated_delta_net(x: np.ndarray, w: dict, p: str, args: ModelArgs) -> np.ndarr
     b, a = ba[..., :r].reshape(T, nv), ba[..., r:].reshape(T, nv)
     kernel = w[p + "ssm_conv1d.weight"]  # [channels, K]
     K = kernel.shape[1]
-    padded = np.concatenate([np.zeros((K - 1, mixed.shape[1])), mixed])
+    padded = np.concatenate([state["conv"], mixed])
+    state["conv"] = padded[-(K - 1):]
     conv = silu(sum(padded[j:j + T] * kernel[:, j] for j in range(K)))
     q = conv[:, :nk * dk].reshape(T, nk, dk)
     k = conv[:, nk * dk:2 * nk * dk].reshape(T, nk, dk)
@@ -85,14 +94,14 @@ def gated_delta_net(x: np.ndarray, w: dict, p: str, args: ModelArgs) -> np.ndarr
     q, k = np.repeat(q, r, axis=1) / np.sqrt(dk), np.repeat(k, r, axis=1)  # value head j uses key head j // r
     beta = sigmoid(b)
     g = w[p + "ssm_a"] * softplus(a + w[p + "ssm_dt.bias"])  # [T, nv], ssm_a = -exp(A_log)
-    state = np.zeros((nv, dk, dv))
+    S = state["S"]
     out = np.empty((T, nv, dv))
     for t in range(T):
-        state *= np.exp(g[t])[:, None, None]
-        u = np.einsum("hkv,hk->hv", state, k[t])
+        S *= np.exp(g[t])[:, None, None]
+        u = np.einsum("hkv,hk->hv", S, k[t])
         delta = beta[t][:, None] * (v[t] - u)
-        state += k[t][:, :, None] * delta[:, None, :]
-        out[t] = np.einsum("hkv,hk->hv", state, q[t])
+        S += k[t][:, :, None] * delta[:, None, :]
+        out[t] = np.einsum("hkv,hk->hv", S, q[t])
     y = rms_norm(out, w[p + "ssm_norm.weight"], args.eps) * silu(z)
     return y.reshape(T, nv * dv) @ w[p + "ssm_out.weight"].T
 
@@ -115,14 +124,31 @@ def moe(x: np.ndarray, w: dict, p: str, args: ModelArgs) -> np.ndarray:
     return out + shared * shared_gate[:, None]
 
 
-def forward(args: ModelArgs, weights: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
-    """Logits [T, vocab] (float64) for one prefill of `tokens` from position 0."""
+def new_state(args: ModelArgs) -> list[dict]:
+    """An empty session: one dict per layer (see the module docstring)."""
+    conv_channels = 2 * args.nk * args.dk + args.nv * args.dv
+    return [{"conv": np.zeros((args.conv_kernel - 1, conv_channels)), "S": np.zeros((args.nv, args.dk, args.dv))}
+            if recurrent else {"k": np.zeros((0, args.n_head_kv, args.head_dim)),
+                               "v": np.zeros((0, args.n_head_kv, args.head_dim))}
+            for recurrent in args.recurrent]
+
+
+def snapshot(state: list[dict]) -> list[dict]:
+    """A copy of a session that later feeding does not change (what prefix reuse restores)."""
+    return [{key: value.copy() for key, value in layer.items()} for layer in state]
+
+
+def forward(args: ModelArgs, weights: dict[str, np.ndarray], tokens: list[int],
+            state: list[dict] | None = None) -> np.ndarray:
+    """Logits [T, vocab] (float64) of `tokens`, continuing `state` (updated in place) or from position 0."""
+    state = new_state(args) if state is None else state
     w = {name: np.asarray(t, dtype=np.float64) for name, t in weights.items()}
     h = w["token_embd.weight"][np.asarray(tokens)]
     for i in range(args.n_layer):
         p = f"blk.{i}."
         x = rms_norm(h, w[p + "attn_norm.weight"], args.eps)
-        h = h + (gated_delta_net(x, w, p, args) if args.recurrent[i] else attention(x, w, p, args))
+        mixer = gated_delta_net if args.recurrent[i] else attention
+        h = h + mixer(x, w, p, args, state[i])
         h = h + moe(rms_norm(h, w[p + "post_attention_norm.weight"], args.eps), w, p, args)
     output = w.get("output.weight", w["token_embd.weight"])  # tied embeddings: llama.cpp reuses token_embd
     return rms_norm(h, w["output_norm.weight"], args.eps) @ output.T

@@ -41,3 +41,23 @@ def test_model_args_refuse_other_architectures_and_missing_keys(hf_model, tmp_pa
     broken = {k: v for k, v in fields.items() if k != "qwen3next.ssm.state_size"}
     with pytest.raises(UserError, match="ssm.state_size"):
         model_args(broken)
+
+
+def test_feeding_in_pieces_equals_one_prefill_and_snapshots_restore(hf_model, tmp_path):
+    """Prefill, token-by-token decode across the 64-token chunk boundary, more prefill: the same logits as one
+    call; and a snapshot taken midway replays the rest identically."""
+    from localcoder.reference import new_state, snapshot
+
+    hf_dir = hf_model("realheads")
+    args, weights = load_float_weights(convert_hf(hf_dir, tmp_path / "m.gguf", "F32", show_progress=False).out)
+    tokens = prompt_tokens(hf_dir, 110)
+    whole = forward(args, weights, tokens)
+    state = new_state(args)
+    pieces = [forward(args, weights, tokens[:50], state)]
+    pieces += [forward(args, weights, [t], state) for t in tokens[50:80]]
+    saved = snapshot(state)
+    pieces.append(forward(args, weights, tokens[80:], state))
+    assert max_relative_error(np.concatenate(pieces), whole) < 1e-12
+    replay = forward(args, weights, tokens[80:], saved)
+    assert np.array_equal(replay, pieces[-1])
+    assert max_relative_error(whole, transformers_logits(hf_dir, tokens)) < 1e-4
