@@ -3,7 +3,9 @@
 numba's cache=True checks only the file that defines the cached function; a jitted caller in quantize.py would
 keep stale machine code after a change to a kernel in kblocks.py. Pointing the cache at a folder named after a hash
 of all these sources makes any change start a fresh cache. Imported before any @njit(cache=True) in quant/.
-An explicit NUMBA_CACHE_DIR wins.
+An explicit NUMBA_CACHE_DIR wins. Kernel files elsewhere (localcoder/kernels/) whose jitted functions call only
+jitted functions of the same file are covered by numba's own check; one that calls across files must be added
+to KERNEL_MODULES' hash too.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Compute kernels per backend; each has a plain reference beside it."""
