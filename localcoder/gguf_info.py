@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import struct
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from localcoder.errors import UserError
 
 ARRAY_PREVIEW = 8
 
@@ -60,16 +58,10 @@ def _jsonable(value: Any) -> Any:
 
 def read_gguf_info(path: Path) -> GGUFInfo:
     """Metadata (arrays in full) and per-kind tensor totals of the GGUF at `path`."""
-    from gguf import GGUFReader
+    from localcoder.gguf_model import load_fields
 
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist")
-    try:
-        reader = GGUFReader(path)
-    except (ValueError, IndexError, OSError, struct.error) as e:
-        raise UserError(f"{path} is not a readable GGUF file ({e}); it may be truncated or corrupt") from None
-    metadata = {f.name: f.contents() for f in reader.fields.values() if not f.name.startswith("GGUF.")}
+    metadata, reader = load_fields(path)
     kinds: dict[str, KindSummary] = defaultdict(lambda: KindSummary(""))
     for t in reader.tensors:
         k = kinds[tensor_kind(t.name)]

@@ -5,6 +5,7 @@ Unsupported values are errors, never guesses (reference/qwen3next.md 2.7 lists t
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,14 +77,22 @@ def model_args(fields: dict) -> ModelArgs:
     return args
 
 
-def load_fields(path: Path) -> tuple[dict, object]:
-    """(metadata key -> value, the gguf reader) for the GGUF at `path`."""
+def open_gguf(path: Path):
+    """gguf-py's reader for `path`, or a one-line UserError when the file is missing, truncated or not a GGUF."""
     from gguf import GGUFReader
 
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist")
     try:
-        reader = GGUFReader(path)
-    except (ValueError, OSError, IndexError) as e:
-        raise UserError(f"{path} is not a readable GGUF file ({e})") from None
+        return GGUFReader(path)
+    except (ValueError, IndexError, OSError, struct.error) as e:
+        raise UserError(f"{path} is not a readable GGUF file ({e}); it may be truncated or corrupt") from None
+
+
+def load_fields(path: Path) -> tuple[dict, object]:
+    """(metadata key -> value, the gguf reader) for the GGUF at `path`."""
+    reader = open_gguf(path)
     fields = {f.name: f.contents() for f in reader.fields.values() if not f.name.startswith("GGUF.")}
     return fields, reader
 

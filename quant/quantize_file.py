@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWriter
 
 from localcoder.errors import UserError
 from localcoder.progress import item_progress
@@ -83,10 +83,9 @@ class PlannedTensor:
 
 def gguf_source(path: Path) -> SourceModel:
     """Metadata and tensors of a GGUF file, memory-mapped."""
-    try:
-        reader = GGUFReader(path)
-    except (ValueError, OSError, IndexError) as e:
-        raise UserError(f"{path} is not a readable GGUF file ({e})") from None
+    from localcoder.gguf_model import open_gguf
+
+    reader = open_gguf(path)
     kv = []
     for f in reader.fields.values():
         if not f.name.startswith("GGUF."):
