@@ -3,9 +3,8 @@
 numba's cache=True checks only the file that defines the cached function; a jitted caller in quantize.py would
 keep stale machine code after a change to a kernel in kblocks.py. Pointing the cache at a folder named after a hash
 of all these sources makes any change start a fresh cache. Imported before any @njit(cache=True) in quant/.
-An explicit NUMBA_CACHE_DIR wins. Kernel files elsewhere (localcoder/kernels/) whose jitted functions call only
-jitted functions of the same file are covered by numba's own check; one that calls across files must be added
-to KERNEL_MODULES' hash too.
+An explicit NUMBA_CACHE_DIR wins. Kernel files elsewhere that call jitted functions of quant/ are in the hash too
+(CALLERS_ELSEWHERE).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import numba
 
 
 KERNEL_MODULES = ("jit.py", "ksearch.py", "kblocks.py", "quantize.py")  # every module with @njit(cache=True)
+CALLERS_ELSEWHERE = ("../localcoder/kernels/cpu_matmul.py",)  # jitted code that calls into the modules above
 
 
 def _configure() -> None:
@@ -26,7 +26,7 @@ def _configure() -> None:
     from localcoder.demo import cache_root
 
     here = Path(__file__).parent
-    sources = [here / name for name in KERNEL_MODULES]
+    sources = [here / name for name in KERNEL_MODULES + CALLERS_ELSEWHERE]
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
     numba.config.CACHE_DIR = str(cache_root() / "numba" / digest)
 

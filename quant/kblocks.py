@@ -198,7 +198,7 @@ def _pack_scales_k4(y, Ls, Lm):
 
 
 @njit(cache=True, error_model="numpy")
-def _scale_min_k4(y, j):
+def scale_min_k4(y, j):
     """get_scale_min_k4 on the scales at y[4:16]."""
     if j < 4:
         return _u(y, 4 + j) & 63, _u(y, 8 + j) & 63
@@ -250,7 +250,7 @@ def _k4_common(x, y, qw, use_qw, nmax, rmin, rdelta, nstep, clamp_impl_scales, f
     store_fp16(y, 2, dmin)
     d16, dmin16 = fp16_round(d), fp16_round(dmin)
     for j in range(8):
-        sc, m = _scale_min_k4(y, j)
+        sc, m = scale_min_k4(y, j)
         dd = d16 * F(sc)
         if dd == ZERO:
             continue

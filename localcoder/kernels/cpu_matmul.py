@@ -17,6 +17,8 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from numba import njit, prange
 
+from quant.kblocks import scale_min_k4
+from quant.ksearch import fp16_bits_to_fp32
 from quant.quantize import qtype_of
 
 T = GGMLQuantizationType
@@ -27,27 +29,12 @@ SUPPORTED = tuple(_DECODERS)
 @njit(cache=True)
 def _f16(b, i):
     """float32 of the little-endian binary16 at b[i:i+2]."""
-    h = np.int64(b[i]) | (np.int64(b[i + 1]) << 8)
-    exp, mant = (h >> 10) & 0x1F, h & 0x3FF
-    sign = -1.0 if h & 0x8000 else 1.0
-    if exp == 0:
-        return np.float32(sign * mant * 2.0 ** -24)
-    if exp == 31:
-        return np.float32(sign * np.inf) if mant == 0 else np.float32(np.nan)
-    return np.float32(sign * (1.0 + mant / 1024.0) * 2.0 ** (exp - 15))
+    return fp16_bits_to_fp32(np.int64(b[i]) | (np.int64(b[i + 1]) << 8))
 
 
 @njit(cache=True)
 def _i8(v):
     return np.int64(v) - 256 if v > 127 else np.int64(v)
-
-
-@njit(cache=True)
-def _scale_min_k4(q, j):
-    if j < 4:
-        return np.int64(q[j]) & 63, np.int64(q[j + 4]) & 63
-    return ((np.int64(q[j + 4]) & 0xF) | ((np.int64(q[j - 4]) >> 6) << 4),
-            (np.int64(q[j + 4]) >> 4) | ((np.int64(q[j]) >> 6) << 4))
 
 
 @njit(cache=True)
@@ -82,7 +69,7 @@ def _decode_q3_k(b, out):
 def _decode_q4_k(b, out):
     d, dmin = _f16(b, 0), _f16(b, 2)
     for e in range(256):
-        sc, m = _scale_min_k4(b[4:16], e // 32)
+        sc, m = scale_min_k4(b, e // 32)
         byte = np.int64(b[16 + 32 * (e // 64) + e % 32])
         q = byte & 0xF if e % 64 < 32 else byte >> 4
         out[e] = (d * np.float32(sc)) * np.float32(q) - dmin * np.float32(m)
@@ -92,7 +79,7 @@ def _decode_q4_k(b, out):
 def _decode_q5_k(b, out):
     d, dmin = _f16(b, 0), _f16(b, 2)
     for e in range(256):
-        sc, m = _scale_min_k4(b[4:16], e // 32)
+        sc, m = scale_min_k4(b, e // 32)
         byte = np.int64(b[48 + 32 * (e // 64) + e % 32])
         q = (byte & 0xF if e % 64 < 32 else byte >> 4) + 16 * ((np.int64(b[16 + e % 32]) >> (e // 32)) & 1)
         out[e] = (d * np.float32(sc)) * np.float32(q) - dmin * np.float32(m)
