@@ -3,171 +3,316 @@
     y = matmul(raw, qtype, x)      # raw: uint8 [rows, bytes_per_row] (a GGUF tensor), x: float32 [T, cols]
                                    # y: float32 [T, rows] = x @ dequantize(raw).T
 
-Each weight block is decoded once into a small float32 buffer and used for all T tokens, so decode (T = 1) and
-prefill (T > 1) share one kernel; rows run in parallel. The block decoders follow ggml's dequantize_row_* in float32
-(reference/kquants.md section 6) and are held to gguf-py's numpy dequantizers in the tests; `matmul_reference`
-beside them is the plain numpy version.
+Two paths, chosen by the number of tokens:
+- few tokens (decode): each thread decodes a tile of weight rows into a float32 buffer and takes long dot
+  products with the tokens' activations. Decoding a row at once (not block by block) keeps every loop long enough
+  for LLVM to vectorise: short per-sub-block integer reductions (llama.cpp's Q8_K scheme) ran at 1/10 the speed
+  in numba, so activations stay float32 and are never quantized.
+- many tokens (prefill): a few hundred rows at a time are decoded in parallel and multiplied by BLAS, so the
+  decode cost is shared by all tokens and only a slice of the tensor is ever float32.
 
-Not yet: llama.cpp's activation quantization (Q8_K / Q8_0 dot products), SIMD-friendly repacking, expert batching.
+Mixture-of-experts uses the same machinery (`grouped_matmul`): weights [experts, rows, bytes]; a call names
+groups (expert, token slots) and for each slot the activation row it reads, so all experts a chunk selects run in
+one parallel call. The block decoders follow ggml's dequantize_row_* operation by operation (they equal gguf-py's
+dequantizers exactly); `grouped_matmul_reference` beside them is the plain numpy version.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import numba
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from numba import njit, prange
 
-from quant.kblocks import scale_min_k4
+from quant import jit  # noqa: F401  (numba cache location; must precede the cached kernels below)
 from quant.ksearch import fp16_bits_to_fp32
-from quant.quantize import qtype_of
+from quant.quantize import dequantize, qtype_of
 
 T = GGMLQuantizationType
-_DECODERS = {T.F32: 0, T.F16: 1, T.BF16: 2, T.Q8_0: 3, T.Q2_K: 4, T.Q3_K: 5, T.Q4_K: 6, T.Q5_K: 7, T.Q6_K: 8}
-SUPPORTED = tuple(_DECODERS)
+F = np.float32
+KINDS = {T.Q8_0: 3, T.Q2_K: 4, T.Q3_K: 5, T.Q4_K: 6, T.Q5_K: 7, T.Q6_K: 8}
+FLOAT_TYPES = (T.F32, T.F16, T.BF16)
+SUPPORTED = tuple(KINDS) + FLOAT_TYPES
+TILE = 8  # rows a thread decodes before its dot products (8 x 2048 float32 = 64 KiB)
+BLAS_MIN_TOKENS = 16  # from this many tokens, decode slices of the tensor and multiply with BLAS
+BLAS_SLICE_VALUES = 1 << 20  # float32 values decoded per BLAS slice (4 MiB)
 
 
-@njit(cache=True)
+# 2**(e - 25) for a binary16 exponent field e (2**-24 for subnormals, e = 0): value = (1024 * [e > 0] + mantissa) * it
+_F16_SCALE = np.array([2.0 ** -24] + [2.0 ** (e - 25) for e in range(1, 32)], dtype=F)
+
+
+@njit(cache=True, inline="always")
 def _f16(b, i):
-    """float32 of the little-endian binary16 at b[i:i+2]."""
-    return fp16_bits_to_fp32(np.int64(b[i]) | (np.int64(b[i + 1]) << 8))
+    """float32 of the little-endian binary16 at b[i:i+2] (exact; a table instead of quant's general converter,
+    which is too slow for Q8_0's scale every 32 values)."""
+    h = np.int32(b[i]) | (np.int32(b[i + 1]) << 8)
+    e, m = (h >> 10) & 0x1F, h & 0x3FF
+    if e == 31:
+        return fp16_bits_to_fp32(h)  # inf / nan
+    v = F(m | (1024 if e > 0 else 0)) * _F16_SCALE[e]
+    return -v if h & 0x8000 else v
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _i8(v):
-    return np.int64(v) - 256 if v > 127 else np.int64(v)
+    """float32 of the byte v read as int8."""
+    return F(np.int8(v))
 
 
-@njit(cache=True)
-def _decode_q8_0(b, out):
-    d = _f16(b, 0)
-    for j in range(32):
-        out[j] = np.float32(_i8(b[2 + j])) * d
+@njit(cache=True, inline="always")
+def _k4(b, j):
+    """get_scale_min_k4 on the 12 scale bytes at b[4:16] (Q4_K, Q5_K): (scale, min) of sub-block j."""
+    if j < 4:
+        return F(b[4 + j] & 63), F(b[8 + j] & 63)
+    return F((b[8 + j] & 0xF) | ((b[j] >> 6) << 4)), F((b[8 + j] >> 4) | ((b[4 + j] >> 6) << 4))
 
 
-@njit(cache=True)
-def _decode_q2_k(b, out):
-    d, dmin = _f16(b, 80), _f16(b, 82)
-    for e in range(256):
-        sc = np.int64(b[e // 16])
-        q = (np.int64(b[16 + 32 * (e // 128) + e % 32]) >> (2 * ((e % 128) // 32))) & 3
-        out[e] = (d * np.float32(sc & 0xF)) * np.float32(q) - dmin * np.float32(sc >> 4)
+@njit(cache=True, error_model="numpy")
+def _decode_block(kind, b, y):
+    """The float32 values of one block (bytes b) into y, as ggml's dequantize_row_*: (d * scale) * q - dmin * min."""
+    if kind == 3:  # Q8_0: d @0, qs int8[32] @2
+        d = _f16(b, 0)
+        for l in range(32):
+            y[l] = _i8(b[2 + l]) * d
+    elif kind == 4:  # Q2_K: scales[16] @0, qs[64] @16, d @80, dmin @82
+        d, dmin = _f16(b, 80), _f16(b, 82)
+        for n in range(2):
+            for k in range(4):
+                for h in range(2):
+                    sc = b[8 * n + 2 * k + h]
+                    dl, ml = d * F(sc & 0xF), dmin * F(sc >> 4)
+                    o, src = 128 * n + 32 * k + 16 * h, 16 + 32 * n + 16 * h
+                    for l in range(16):
+                        y[o + l] = dl * F((b[src + l] >> (2 * k)) & 3) - ml
+    elif kind == 5:  # Q3_K: hmask[32] @0, qs[64] @32, scales[12] @96, d @108
+        d = _f16(b, 108)
+        for n in range(2):
+            for k in range(4):
+                for h in range(2):
+                    j = 8 * n + 2 * k + h
+                    s = np.int32(b[96 + j] & 0xF) if j < 8 else np.int32(b[88 + j] >> 4)
+                    dl = d * F((s | (np.int32((b[104 + j % 4] >> (2 * (j // 4))) & 3) << 4)) - 32)
+                    o, src = 128 * n + 32 * k + 16 * h, 32 + 32 * n + 16 * h
+                    for l in range(16):
+                        low = np.int32((b[src + l] >> (2 * k)) & 3)
+                        high = np.int32((b[16 * h + l] >> (4 * n + k)) & 1)
+                        y[o + l] = dl * F(low - 4 + 4 * high)
+    elif kind == 6:  # Q4_K: d @0, dmin @2, scales[12] @4, qs[128] @16
+        d, dmin = _f16(b, 0), _f16(b, 2)
+        for n in range(4):
+            s0, m0 = _k4(b, 2 * n)
+            s1, m1 = _k4(b, 2 * n + 1)
+            d0, d1, m0, m1 = d * s0, d * s1, dmin * m0, dmin * m1
+            for l in range(32):
+                byte = b[16 + 32 * n + l]
+                y[64 * n + l] = d0 * F(byte & 0xF) - m0
+                y[64 * n + 32 + l] = d1 * F(byte >> 4) - m1
+    elif kind == 7:  # Q5_K: d @0, dmin @2, scales[12] @4, qh[32] @16, qs[128] @48
+        d, dmin = _f16(b, 0), _f16(b, 2)
+        for n in range(4):
+            s0, m0 = _k4(b, 2 * n)
+            s1, m1 = _k4(b, 2 * n + 1)
+            d0, d1, m0, m1 = d * s0, d * s1, dmin * m0, dmin * m1
+            for l in range(32):
+                byte, high = b[48 + 32 * n + l], b[16 + l]
+                y[64 * n + l] = d0 * F((byte & 0xF) | (((high >> (2 * n)) & 1) << 4)) - m0
+                y[64 * n + 32 + l] = d1 * F((byte >> 4) | (((high >> (2 * n + 1)) & 1) << 4)) - m1
+    else:  # Q6_K: ql[128] @0, qh[64] @128, scales int8[16] @192, d @208
+        d = _f16(b, 208)
+        for n in range(2):
+            for h in range(2):
+                s0, s1, s2, s3 = (d * _i8(b[192 + 8 * n + h]), d * _i8(b[194 + 8 * n + h]),
+                                  d * _i8(b[196 + 8 * n + h]), d * _i8(b[198 + 8 * n + h]))
+                for l in range(16 * h, 16 * h + 16):
+                    lo0, lo1, hi = b[64 * n + l], b[64 * n + 32 + l], b[128 + 32 * n + l]
+                    y[128 * n + l] = s0 * F(np.int32((lo0 & 0xF) | ((hi & 3) << 4)) - 32)
+                    y[128 * n + 32 + l] = s1 * F(np.int32((lo1 & 0xF) | (((hi >> 2) & 3) << 4)) - 32)
+                    y[128 * n + 64 + l] = s2 * F(np.int32((lo0 >> 4) | (((hi >> 4) & 3) << 4)) - 32)
+                    y[128 * n + 96 + l] = s3 * F(np.int32((lo1 >> 4) | (((hi >> 6) & 3) << 4)) - 32)
 
 
-@njit(cache=True)
-def _decode_q3_k(b, out):
-    d = _f16(b, 108)
-    for e in range(256):
-        j = e // 16
-        s = np.int64(b[96 + j]) & 0xF if j < 8 else np.int64(b[96 + j - 8]) >> 4
-        s = (s | (((np.int64(b[104 + j % 4]) >> (2 * (j // 4))) & 3) << 4)) - 32
-        low = (np.int64(b[32 + 32 * (e // 128) + e % 32]) >> (2 * ((e % 128) // 32))) & 3
-        high = (np.int64(b[e % 32]) >> (e // 32)) & 1
-        out[e] = (d * np.float32(s)) * np.float32(low - (0 if high else 4))
+@njit(cache=True, error_model="numpy", nogil=True)
+def _decode_row(kind, B, row, y):
+    tsize = row.shape[0] // (y.shape[0] // B)
+    if kind == 3:  # Q8_0 blocks are short: decode them here rather than through a call per 32 values
+        for blk in range(y.shape[0] // 32):
+            d = _f16(row, 34 * blk)
+            for l in range(32):
+                y[32 * blk + l] = _i8(row[34 * blk + 2 + l]) * d
+        return
+    for blk in range(y.shape[0] // B):
+        _decode_block(kind, row[blk * tsize:(blk + 1) * tsize], y[blk * B:(blk + 1) * B])
 
 
-@njit(cache=True)
-def _decode_q4_k(b, out):
-    d, dmin = _f16(b, 0), _f16(b, 2)
-    for e in range(256):
-        sc, m = scale_min_k4(b, e // 32)
-        byte = np.int64(b[16 + 32 * (e // 64) + e % 32])
-        q = byte & 0xF if e % 64 < 32 else byte >> 4
-        out[e] = (d * np.float32(sc)) * np.float32(q) - dmin * np.float32(m)
+@njit(parallel=True, cache=True, error_model="numpy")
+def _decode_rows(kind, B, raw, rows, out):
+    """out[i] = decoded raw[rows[i]] (raw: [n, bytes]); rows may repeat (embedding lookups)."""
+    for i in prange(rows.shape[0]):
+        _decode_row(kind, B, raw[rows[i]], out[i])
 
 
-@njit(cache=True)
-def _decode_q5_k(b, out):
-    d, dmin = _f16(b, 0), _f16(b, 2)
-    for e in range(256):
-        sc, m = scale_min_k4(b, e // 32)
-        byte = np.int64(b[48 + 32 * (e // 64) + e % 32])
-        q = (byte & 0xF if e % 64 < 32 else byte >> 4) + 16 * ((np.int64(b[16 + e % 32]) >> (e // 32)) & 1)
-        out[e] = (d * np.float32(sc)) * np.float32(q) - dmin * np.float32(m)
+@njit(cache=True, error_model="numpy", nogil=True)
+def _decode_range(kind, B, raw, r0, r1, out):
+    """out[i] = decoded raw[r0 + i], serially and without the GIL (one BLAS worker thread's share)."""
+    for i in range(r1 - r0):
+        _decode_row(kind, B, raw[r0 + i], out[i])
 
 
-@njit(cache=True)
-def _decode_q6_k(b, out):
-    d = _f16(b, 208)
-    for e in range(256):
-        h, r = e // 128, e % 128
-        g, l = r // 32, r % 32
-        low = np.int64(b[64 * h + l + 32 * (g & 1)])
-        low = low & 0xF if g < 2 else low >> 4
-        high = (np.int64(b[128 + 32 * h + l]) >> (2 * g)) & 3
-        out[e] = (d * np.float32(_i8(b[192 + e // 16]))) * np.float32((low | (high << 4)) - 32)
+@njit(cache=True, error_model="numpy", fastmath=True, inline="always")
+def _dot(w, x):
+    acc = F(0.0)
+    for l in range(w.shape[0]):
+        acc += w[l] * x[l]
+    return acc
 
 
-@njit(cache=True)
-def _decode(kind, b, out):
-    if kind == 3:
-        _decode_q8_0(b, out)
-    elif kind == 4:
-        _decode_q2_k(b, out)
-    elif kind == 5:
-        _decode_q3_k(b, out)
-    elif kind == 6:
-        _decode_q4_k(b, out)
-    elif kind == 7:
-        _decode_q5_k(b, out)
-    else:
-        _decode_q6_k(b, out)
+@njit(parallel=True, cache=True, error_model="numpy", fastmath=True)
+def _grouped(kind, B, raw, experts, begins, ends, src, x, y):
+    """y[s, r] = decoded row r of expert experts[g] . x[src[s]], for the slots s in begins[g]:ends[g]."""
+    rows, cols = raw.shape[1], x.shape[1]
+    n_tiles = (rows + TILE - 1) // TILE
+    for job in prange(experts.shape[0] * n_tiles):
+        g, tile = job // n_tiles, job % n_tiles
+        if ends[g] == begins[g]:
+            continue
+        r0 = tile * TILE
+        r1 = min(rows, r0 + TILE)
+        w = np.empty((TILE, cols), F)
+        for i in range(r1 - r0):
+            _decode_row(kind, B, raw[experts[g], r0 + i], w[i])
+        for s in range(begins[g], ends[g]):
+            for i in range(r1 - r0):
+                y[s, r0 + i] = _dot(w[i], x[src[s]])
 
 
-@njit(parallel=True, cache=True)
-def _matmul_blocks(raw, kind, block, type_size, x, y):
-    n_rows = raw.shape[0]
-    n_tok, n_cols = x.shape
-    for r in prange(n_rows):
-        buf = np.empty(block, np.float32)
-        acc = np.zeros(n_tok, np.float32)
-        for b in range(n_cols // block):
-            _decode(kind, raw[r, b * type_size:(b + 1) * type_size], buf)
-            for t in range(n_tok):
-                s = np.float32(0.0)
-                for j in range(block):
-                    s += buf[j] * x[t, b * block + j]
-                acc[t] += s
-        for t in range(n_tok):
-            y[t, r] = acc[t]
+def _block(qt) -> int:
+    return GGML_QUANT_SIZES[qt][0]
+
+
+def _check(raw: np.ndarray, qt, cols: int) -> None:
+    if qt not in KINDS:
+        raise ValueError(f"no CPU kernel for {qt.name}")
+    block, type_size = GGML_QUANT_SIZES[qt]
+    if cols % block or raw.shape[-1] != cols // block * type_size:
+        raise ValueError(f"{qt.name} rows of {raw.shape[-1]} bytes do not hold {cols} values")
+
+
+def decode_rows(raw: np.ndarray, qtype, rows: np.ndarray, cols: int) -> np.ndarray:
+    """float32 [len(rows), cols]: the given rows of a 2-D tensor (block format or F32/F16/BF16)."""
+    qt = qtype_of(qtype)
+    rows = np.asarray(rows, dtype=np.int64)
+    if qt in FLOAT_TYPES:
+        return float_weights(raw[rows], qt, cols)
+    _check(raw, qt, cols)
+    out = np.empty((len(rows), cols), F)
+    _decode_rows(KINDS[qt], _block(qt), raw, rows, out)
+    return out
+
+
+def float_weights(raw: np.ndarray, qtype, cols: int) -> np.ndarray:
+    """float32 [rows, cols] of an F32/F16/BF16 tensor (a view when it already is float32)."""
+    if qtype_of(qtype) == T.F32:
+        return raw.view(F).reshape(-1, cols)
+    return dequantize(raw, qtype, (raw.shape[0], cols))
+
+
+def matmul(raw: np.ndarray, qtype, x: np.ndarray) -> np.ndarray:
+    """x @ W.T for W stored as GGML `qtype` rows in `raw` (uint8 [rows, bytes_per_row], or a float array for
+    F32/F16/BF16). x: float32 [T, cols]. Returns float32 [T, rows]."""
+    qt = qtype_of(qtype)
+    x = np.ascontiguousarray(x, dtype=F)
+    if qt in FLOAT_TYPES:
+        return x @ float_weights(raw, qt, x.shape[1]).T
+    n = x.shape[0]
+    return grouped_matmul(raw[None], qt, x, np.zeros(1, np.int64), np.array([0, n]), np.arange(n))
+
+
+def grouped_matmul(raw: np.ndarray, qtype, x: np.ndarray, experts: np.ndarray, starts: np.ndarray,
+                   src: np.ndarray) -> np.ndarray:
+    """y[s] = W[experts[g]] @ x[src[s]] for each slot s in starts[g]:starts[g+1] of each group g.
+
+    raw: uint8 [E, rows, bytes_per_row] in block format `qtype`; x: float32 [n, cols]. Returns float32 [slots, rows].
+    Groups with many slots go through BLAS on decoded slices, the rest through one parallel numba call."""
+    qt = qtype_of(qtype)
+    x = np.ascontiguousarray(x, dtype=F)
+    _check(raw, qt, x.shape[1])
+    experts, starts, src = (np.ascontiguousarray(a, dtype=np.int64) for a in (experts, starts, src))
+    y = np.empty((int(starts[-1]), raw.shape[1]), F)
+    big = np.diff(starts) >= BLAS_MIN_TOKENS
+    ends = np.where(big, starts[:-1], starts[1:])  # big groups get an empty span here and go through BLAS below
+    _grouped(KINDS[qt], _block(qt), raw, experts, starts[:-1], ends, src, x, y)
+    for g in np.flatnonzero(big):
+        slots = np.arange(starts[g], starts[g + 1])
+        y[slots] = _blas_matmul(raw[experts[g]], qt, x[src[slots]])
+    return y
+
+
+def _blas_matmul(raw2d: np.ndarray, qt, x: np.ndarray) -> np.ndarray:
+    """x @ W.T by slices of rows decoded to float32 and multiplied by single-threaded BLAS, one worker thread per
+    core (numba's spinning worker threads and OpenBLAS's own would otherwise fight over the cores)."""
+    rows, cols = raw2d.shape[0], x.shape[1]
+    step = max(TILE, min(BLAS_SLICE_VALUES // cols, -(-rows // numba.get_num_threads())))
+    y_t = np.empty((rows, x.shape[0]), F)  # BLAS writes contiguous row blocks of y.T
+    x_t = np.ascontiguousarray(x.T)
+
+    def work(r0: int) -> None:
+        r1 = min(rows, r0 + step)
+        buf = np.empty((r1 - r0, cols), F)
+        _decode_range(KINDS[qt], _block(qt), raw2d, r0, r1, buf)
+        np.matmul(buf, x_t, out=y_t[r0:r1])
+
+    with single_threaded_blas():
+        list(_pool().map(work, range(0, rows, step)))
+    return y_t.T
+
+
+_POOL: ThreadPoolExecutor | None = None
+_BLAS_LIMIT = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(numba.get_num_threads(), thread_name_prefix="localcoder-blas")
+    return _POOL
+
+
+@contextmanager
+def single_threaded_blas():
+    """BLAS limited to one thread inside the block (threadpoolctl; the limiter is built once, it is slow)."""
+    global _BLAS_LIMIT
+    from threadpoolctl import ThreadpoolController
+
+    if _BLAS_LIMIT is None:
+        _BLAS_LIMIT = ThreadpoolController()
+    with _BLAS_LIMIT.limit(limits=1, user_api="blas"):
+        yield
 
 
 def decode_blocks(raw: np.ndarray, qtype) -> np.ndarray:
     """All values of `raw` (uint8 [rows, bytes_per_row]) decoded by the block decoders above (for tests)."""
     qt = qtype_of(qtype)
     block, type_size = GGML_QUANT_SIZES[qt]
-    rows = raw.shape[0]
-    out = np.empty((rows, raw.shape[1] // type_size * block), np.float32)
-    _decode_all(np.ascontiguousarray(raw), _DECODERS[qt], block, type_size, out)
-    return out
+    return decode_rows(raw, qt, np.arange(raw.shape[0]), raw.shape[1] // type_size * block)
 
 
-@njit(cache=True)
-def _decode_all(raw, kind, block, type_size, out):
-    for r in range(raw.shape[0]):
-        for b in range(raw.shape[1] // type_size):
-            _decode(kind, raw[r, b * type_size:(b + 1) * type_size], out[r, b * block:(b + 1) * block])
-
-
-def matmul(raw: np.ndarray, qtype, x: np.ndarray) -> np.ndarray:
-    """x @ W.T for W stored as GGML `qtype` rows in `raw` (uint8 [rows, bytes_per_row], or the float array for
-    F32/F16/BF16). x: float32 [T, cols]. Returns float32 [T, rows]."""
+def grouped_matmul_reference(raw: np.ndarray, qtype, x: np.ndarray, experts, starts, src) -> np.ndarray:
+    """The plain version: dequantize each expert with gguf-py, multiply in float64."""
     qt = qtype_of(qtype)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if qt in (T.F32, T.F16, T.BF16):
-        from quant.quantize import dequantize
-        w = raw if qt == T.F32 and raw.dtype == np.float32 else dequantize(raw, qt, (raw.shape[0], x.shape[1]))
-        return x @ np.asarray(w, np.float32).T
-    if qt not in _DECODERS:
-        raise ValueError(f"no CPU kernel for {qt.name} yet")
-    block, type_size = GGML_QUANT_SIZES[qt]
-    y = np.empty((x.shape[0], raw.shape[0]), np.float32)
-    _matmul_blocks(np.ascontiguousarray(raw), _DECODERS[qt], block, type_size, x, y)
-    return y
+    x = np.asarray(x, np.float64)
+    y = np.empty((int(starts[-1]), raw.shape[1]))
+    for g, e in enumerate(experts):
+        w = dequantize(raw[e], qt, (raw.shape[1], x.shape[1])).astype(np.float64)
+        for s in range(starts[g], starts[g + 1]):
+            y[s] = w @ x[src[s]]
+    return y.astype(F)
 
 
 def matmul_reference(raw: np.ndarray, qtype, x: np.ndarray) -> np.ndarray:
-    """The plain version: dequantize the whole tensor with gguf-py, multiply in float64."""
-    from quant.quantize import dequantize
-
+    """Dense x @ W.T the plain way (gguf-py dequantization, float64)."""
     w = dequantize(raw, qtype, (raw.shape[0], x.shape[1])).astype(np.float64)
-    return (np.asarray(x, np.float64) @ w.T).astype(np.float32)
+    return (np.asarray(x, np.float64) @ w.T).astype(F)

@@ -1,0 +1,169 @@
+"""The Qwen3-Next blocks in float32 on GGUF weights: the runtime's forward pass (reference.py is its float64 twin).
+
+Each function takes the hidden states of a chunk of tokens [T, H], the layer's weights (name -> Weight, names
+without the "blk.N." prefix) and the layer's slice of the session state, which it extends in place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from localcoder.gguf_model import ModelArgs
+from localcoder.kernels.deltanet import delta_rule_chunked, delta_rule_recurrent
+from localcoder.reference import L2_EPS
+
+F = np.float32
+RECURRENT_MAX_TOKENS = 16  # feeds up to this many tokens use the recurrent delta rule, longer ones the chunked form
+SCORES_BUDGET = 1 << 24  # attention scores kept at once (64 MiB of float32): long contexts go by query blocks
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    return (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + F(eps)) * w).astype(F)
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (F(1.0) + np.exp(-x))
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return F(1.0) / (F(1.0) + np.exp(-x))
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    return np.where(x > 20.0, x, np.log1p(np.exp(np.minimum(x, 20.0)))).astype(F)
+
+
+def rope_neox(x: np.ndarray, positions: np.ndarray, rope_dim: int, base: float) -> np.ndarray:
+    """Rotate-half RoPE on the first rope_dim dims of each head, in place. x: [T, heads, d]."""
+    half = rope_dim // 2
+    inv_freq = base ** (-np.arange(half, dtype=np.float64) * 2.0 / rope_dim)
+    angle = positions[:, None, None].astype(np.float64) * inv_freq
+    cos, sin = np.cos(angle).astype(F), np.sin(angle).astype(F)
+    a, b = x[..., :half].copy(), x[..., half:rope_dim].copy()
+    x[..., :half] = a * cos - b * sin
+    x[..., half:rope_dim] = b * cos + a * sin
+    return x
+
+
+class KVCache:
+    """Post-RoPE keys and values of one attention layer, grown by doubling up to the session's context."""
+
+    def __init__(self, n_kv: int, d: int):
+        self.k = np.empty((0, n_kv, d), F)
+        self.v = np.empty((0, n_kv, d), F)
+        self.length = 0
+
+    def append(self, k: np.ndarray, v: np.ndarray) -> None:
+        need = self.length + len(k)
+        if need > len(self.k):
+            size = max(need, 2 * len(self.k), 64)
+            for name in ("k", "v"):
+                grown = np.empty((size,) + self.k.shape[1:], F)
+                grown[:self.length] = getattr(self, name)[:self.length]
+                setattr(self, name, grown)
+        self.k[self.length:need], self.v[self.length:need] = k, v
+        self.length = need
+
+    def copy(self) -> "KVCache":
+        twin = KVCache(self.k.shape[1], self.k.shape[2])
+        twin.append(self.k[:self.length], self.v[:self.length])
+        return twin
+
+
+def attention(x: np.ndarray, w: dict, args: ModelArgs, cache: KVCache) -> np.ndarray:
+    """Gated attention: q and its gate interleaved per head in attn_q, q/k RMS norms, partial NEOX RoPE, GQA."""
+    n_tok, nh, nkv, d = x.shape[0], args.n_head, args.n_head_kv, args.head_dim
+    qg = w["attn_q.weight"].matmul(x).reshape(n_tok, nh, 2 * d)
+    q, gate = qg[..., :d], qg[..., d:].reshape(n_tok, nh * d)
+    k = w["attn_k.weight"].matmul(x).reshape(n_tok, nkv, d)
+    v = w["attn_v.weight"].matmul(x).reshape(n_tok, nkv, d)
+    q = rms_norm(q, w["attn_q_norm.weight"].vector(), args.eps)
+    k = rms_norm(k, w["attn_k_norm.weight"].vector(), args.eps)
+    past = cache.length
+    positions = np.arange(past, past + n_tok)
+    rope_neox(q, positions, args.rope_dim, args.rope_base)
+    rope_neox(k, positions, args.rope_dim, args.rope_base)
+    cache.append(k, v)
+    out = _causal_attention(q, cache.k[:cache.length], cache.v[:cache.length], past)
+    return w["attn_output.weight"].matmul(out.reshape(n_tok, nh * d) * sigmoid(gate))
+
+
+def _causal_attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, past: int) -> np.ndarray:
+    """softmax(q k^T / sqrt(d)) v over keys 0..past+t for query t; q [T, nh, d], keys/values [S, nkv, d]."""
+    n_tok, nh, d = q.shape
+    nkv, n_keys = keys.shape[1], keys.shape[0]
+    group = nh // nkv  # query head h reads kv head h // group
+    kt = np.ascontiguousarray(keys.transpose(1, 2, 0))[:, None]  # [nkv, 1, d, S]
+    vt = np.ascontiguousarray(values.transpose(1, 0, 2))[:, None]  # [nkv, 1, S, d]
+    out = np.empty((n_tok, nh, d), F)
+    block = max(1, SCORES_BUDGET // (nh * n_keys))
+    scale = F(1.0 / np.sqrt(d))
+    for t0 in range(0, n_tok, block):
+        t1 = min(n_tok, t0 + block)
+        qb = q[t0:t1].reshape(t1 - t0, nkv, group, d).transpose(1, 2, 0, 3)  # [nkv, group, Tb, d]
+        scores = (qb @ kt) * scale  # [nkv, group, Tb, S]
+        visible = np.arange(n_keys)[None, :] <= (past + np.arange(t0, t1))[:, None]
+        scores = np.where(visible, scores, -np.inf)
+        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        scores /= scores.sum(axis=-1, keepdims=True)
+        out[t0:t1] = (scores @ vt).transpose(2, 0, 1, 3).reshape(t1 - t0, nh, d)
+    return out
+
+
+def gated_delta_net(x: np.ndarray, w: dict, args: ModelArgs, state: dict) -> np.ndarray:
+    """Causal conv + SiLU over [q, k, v], L2-normed q/k, the gated delta rule, gated RMS norm.
+    state["conv"]: the last K-1 conv inputs [K-1, channels]; state["S"]: [nv, dk, dv]."""
+    n_tok, nk, nv, dk, dv = x.shape[0], args.nk, args.nv, args.dk, args.dv
+    r = nv // nk
+    mixed = w["attn_qkv.weight"].matmul(x)
+    z = w["attn_gate.weight"].matmul(x).reshape(n_tok, nv, dv)
+    ba = w["ssm_ba.weight"].matmul(x).reshape(n_tok, nk, 2 * r)
+    b, a = ba[..., :r].reshape(n_tok, nv), ba[..., r:].reshape(n_tok, nv)
+    kernel = w["ssm_conv1d.weight"].vector().reshape(-1, args.conv_kernel)
+    padded = np.concatenate([state["conv"], mixed])
+    state["conv"] = padded[-(args.conv_kernel - 1):].copy()
+    conv = padded[:n_tok] * kernel[:, 0]
+    for j in range(1, args.conv_kernel):
+        conv += padded[j:j + n_tok] * kernel[:, j]
+    conv = silu(conv)
+    q = conv[:, :nk * dk].reshape(n_tok, nk, dk)
+    k = conv[:, nk * dk:2 * nk * dk].reshape(n_tok, nk, dk)
+    v = np.ascontiguousarray(conv[:, 2 * nk * dk:].reshape(n_tok, nv, dv))
+    q = q / np.sqrt(np.sum(q * q, axis=-1, keepdims=True) + F(L2_EPS))
+    k = k / np.sqrt(np.sum(k * k, axis=-1, keepdims=True) + F(L2_EPS))
+    q = np.ascontiguousarray(np.repeat(q, r, axis=1) * F(1.0 / np.sqrt(dk)))  # value head j reads key head j // r
+    k = np.ascontiguousarray(np.repeat(k, r, axis=1))
+    beta = sigmoid(b)
+    g = (w["ssm_a"].vector() * softplus(a + w["ssm_dt.bias"].vector())).astype(F)
+    rule = delta_rule_recurrent if n_tok <= RECURRENT_MAX_TOKENS else delta_rule_chunked
+    out = rule(q, k, v, np.ascontiguousarray(g), np.ascontiguousarray(beta), state["S"])
+    y = rms_norm(out, w["ssm_norm.weight"].vector(), args.eps) * silu(z)
+    return w["ssm_out.weight"].matmul(y.reshape(n_tok, nv * dv))
+
+
+def moe(x: np.ndarray, w: dict, args: ModelArgs) -> np.ndarray:
+    """Softmax router, top-k renormalised, SwiGLU experts (all selected experts in one grouped call per
+    projection), plus the sigmoid-gated shared expert."""
+    n_tok, k = x.shape[0], args.n_expert_used
+    logits = w["ffn_gate_inp.weight"].matmul(x)
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    top = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+    weights = np.take_along_axis(probs, top, axis=-1)
+    weights /= weights.sum(axis=-1, keepdims=True)
+    # slots sorted by expert: slot s holds (token, expert) pair order[s]
+    order = np.argsort(top.reshape(-1), kind="stable")
+    chosen = top.reshape(-1)[order]
+    experts, first = np.unique(chosen, return_index=True)
+    starts = np.append(first, len(chosen))
+    tokens = order // k
+    gate = w["ffn_gate_exps.weight"].grouped_matmul(x, experts, starts, tokens)
+    up = w["ffn_up_exps.weight"].grouped_matmul(x, experts, starts, tokens)
+    down = w["ffn_down_exps.weight"].grouped_matmul(silu(gate) * up, experts, starts, np.arange(len(chosen)))
+    per_pair = np.empty_like(down)
+    per_pair[order] = down  # back to (token, rank) order
+    out = np.einsum("tkh,tk->th", per_pair.reshape(n_tok, k, -1), weights.astype(F))
+    shared = silu(w["ffn_gate_shexp.weight"].matmul(x)) * w["ffn_up_shexp.weight"].matmul(x)
+    shared = w["ffn_down_shexp.weight"].matmul(shared)
+    shared_gate = sigmoid(x @ w["ffn_gate_inp_shexp.weight"].vector())
+    return out + shared * shared_gate[:, None]

@@ -1,0 +1,269 @@
+"""The CPU runtime's public face: load a Qwen3-Next GGUF, run it over tokens, keep sessions.
+
+    model = Model.load("model.gguf")
+    logits = model.logits(ids)                  # float32 [len(ids), vocab], one prefill from position 0
+    session = model.new_session()
+    last = session.feed(ids)                    # logits of the last fed token; the session continues
+    for step in model.generate(messages, max_tokens=200):
+        print(step.text, end="")
+
+Long feeds run in chunks of `n_batch` tokens, so memory stays bounded whatever the prompt length.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from localcoder.errors import UserError
+from localcoder.gguf_model import ModelArgs, load_fields, model_args
+from localcoder.layers import KVCache, attention, gated_delta_net, moe, rms_norm
+from localcoder.sampling import SamplingParams, Sampler
+from localcoder.tokenizer import GGUFTokenizer
+from localcoder.weights import Weight, load_weights
+
+END_OF_GENERATION = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>")
+
+
+class Model:
+    """A loaded model: hyper-parameters, memory-mapped weights, tokenizer and chat template."""
+
+    def __init__(self, path: Path, args: ModelArgs, weights: dict[str, Weight], fields: dict, n_ctx: int,
+                 n_batch: int):
+        self.path, self.args, self.weights, self.fields = path, args, weights, fields
+        self.n_ctx, self.n_batch = n_ctx, n_batch
+        self.tokenizer = GGUFTokenizer(fields)
+        self.layers = [{name[len(f"blk.{i}."):]: w for name, w in weights.items() if name.startswith(f"blk.{i}.")}
+                       for i in range(args.n_layer)]
+        self.output = weights.get("output.weight", weights["token_embd.weight"])  # tied: llama.cpp reuses it
+        vocab = fields["tokenizer.ggml.tokens"]
+        self.end_ids = {i for i, t in enumerate(vocab) if t in END_OF_GENERATION}
+        if self.tokenizer.eos_id is not None:
+            self.end_ids.add(int(self.tokenizer.eos_id))
+
+    @classmethod
+    def load(cls, path, n_ctx: int | None = None, n_batch: int = 512, threads: int | None = None,
+             check_memory: bool = True) -> "Model":
+        """Open a Qwen3-Next GGUF (memory-mapped). n_ctx: the longest session (default: the model's trained
+        context, capped at 32768); threads: CPU threads for the kernels (default: all cores). Refuses with a
+        UserError when the machine cannot hold the weights plus the sessions' state for n_ctx tokens."""
+        from localcoder.memory import check_fits, predict_memory
+
+        path = Path(path)
+        fields, reader = load_fields(path)
+        args = model_args(fields)
+        trained = int(fields.get("qwen3next.context_length", 32768))
+        n_ctx = min(trained, 32768) if n_ctx is None else int(n_ctx)
+        if not 0 < n_ctx <= trained:
+            raise UserError(f"context size {n_ctx} is outside 1..{trained} (the model's trained context)")
+        if n_batch < 1:
+            raise UserError("n_batch must be at least 1")
+        weights = load_weights(reader, args)
+        if check_memory:
+            check_fits(predict_memory(args, weights, n_ctx, n_batch))
+        if threads:
+            import numba
+            numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+        return cls(path, args, weights, fields, n_ctx, n_batch)
+
+    def new_session(self) -> "Session":
+        return Session(self)
+
+    def logits(self, token_ids) -> np.ndarray:
+        """float32 [n_tokens, vocab]: the logits after each token, from one prefill at position 0."""
+        return self.new_session().feed(token_ids, all_logits=True)
+
+    def encode_prompt(self, prompt, tools: list[dict] | None = None) -> list[int]:
+        """Token ids of a raw prompt string, or of chat `messages` rendered by the GGUF's template."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
+            return self.tokenizer.encode(self.tokenizer.render_chat(prompt, tools))
+        raise UserError("the prompt must be a string or a list of chat messages (dicts with role and content)")
+
+    def generate(self, prompt, max_tokens: int = 256, stop: list[str] | tuple = (), tools: list[dict] | None = None,
+                 session: "Session | None" = None, sampling: SamplingParams | None = None,
+                 **sampling_options) -> "Generation":
+        """Stream a completion of `prompt` (a string, or chat messages rendered with `tools`).
+
+        Iterating yields `Step`s (token id and the text it completes); the Generation records timings and why it
+        finished ("stop": an end-of-generation token or a stop string; "length": max_tokens or the context).
+        Passing the same `session` across calls reuses the longest prefix it already holds."""
+        sampling = sampling or SamplingParams(**sampling_options)
+        return Generation(self, self.encode_prompt(prompt, tools), max_tokens, list(stop),
+                          session or self.new_session(), Sampler(sampling))
+
+    def forward(self, state: "Session", token_ids: np.ndarray, which: str) -> np.ndarray | None:
+        """Run tokens through every layer, continuing `state`; logits of "all" tokens, the "last" one, or "none"."""
+        a = self.args
+        h = self.weights["token_embd.weight"].rows(token_ids)
+        for i, w in enumerate(self.layers):
+            x = rms_norm(h, w["attn_norm.weight"].vector(), a.eps)
+            if a.recurrent[i]:
+                h = h + gated_delta_net(x, w, a, state.layers[i])
+            else:
+                h = h + attention(x, w, a, state.layers[i])
+            h = h + moe(rms_norm(h, w["post_attention_norm.weight"].vector(), a.eps), w, a)
+        if which == "none":
+            return None
+        h = h if which == "all" else h[-1:]
+        return self.output.matmul(rms_norm(h, self.weights["output_norm.weight"].vector(), a.eps))
+
+
+class Session:
+    """A sequence being run: KV caches of the attention layers, conv and recurrent state of the DeltaNet
+    layers, and the tokens fed so far."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        a = model.args
+        channels = 2 * a.nk * a.dk + a.nv * a.dv
+        self.layers = [{"conv": np.zeros((a.conv_kernel - 1, channels), np.float32),
+                        "S": np.zeros((a.nv, a.dk, a.dv), np.float32)} if recurrent
+                       else KVCache(a.n_head_kv, a.head_dim) for recurrent in a.recurrent]
+        self.tokens: list[int] = []
+        self.mark: "Snapshot | None" = None  # taken after each prompt, for prefix reuse
+
+    def feed(self, token_ids, all_logits: bool = False) -> np.ndarray:
+        """Continue the session with token_ids; logits of the last one (float32 [vocab]), or of all of them
+        ([n, vocab]) with all_logits."""
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        vocab = self.model.args.vocab
+        if len(ids) == 0:
+            raise UserError("nothing to feed: the token list is empty")
+        if ids.min() < 0 or ids.max() >= vocab:
+            raise UserError(f"token ids must be in 0..{vocab - 1}")
+        if len(self.tokens) + len(ids) > self.model.n_ctx:
+            raise UserError(f"{len(self.tokens) + len(ids)} tokens exceed the context size {self.model.n_ctx}; "
+                            "load the model with a larger n_ctx or shorten the prompt")
+        pieces = []
+        for c0 in range(0, len(ids), self.model.n_batch):
+            chunk = ids[c0:c0 + self.model.n_batch]
+            last_chunk = c0 + self.model.n_batch >= len(ids)
+            which = "all" if all_logits else "last" if last_chunk else "none"
+            pieces.append(self.model.forward(self, chunk, which))
+            self.tokens.extend(int(t) for t in chunk)
+        return np.concatenate(pieces) if all_logits else pieces[-1][-1]
+
+    def snapshot(self) -> "Snapshot":
+        """A copy of the state at the current position that later feeding does not change."""
+        return Snapshot(list(self.tokens), [layer.copy() if isinstance(layer, KVCache)
+                                            else {k: v.copy() for k, v in layer.items()} for layer in self.layers])
+
+    def restore(self, snapshot: "Snapshot") -> None:
+        """Return to a snapshot (the snapshot stays usable)."""
+        self.tokens = list(snapshot.tokens)
+        self.layers = [layer.copy() if isinstance(layer, KVCache) else {k: v.copy() for k, v in layer.items()}
+                       for layer in snapshot.layers]
+
+    def reset(self) -> None:
+        self.restore(Snapshot([], Session(self.model).layers))
+
+    def reuse_prefix(self, prompt: list[int]) -> int:
+        """Bring the session to the longest state it holds that is a prefix of `prompt` (its current position
+        or its mark), or to empty; returns how many prompt tokens need no feeding."""
+        for candidate in (self.tokens, self.mark.tokens if self.mark else None):
+            if candidate is not None and len(candidate) < len(prompt) and prompt[:len(candidate)] == candidate:
+                if candidate is not self.tokens:
+                    self.restore(self.mark)
+                return len(candidate)
+        self.reset()
+        return 0
+
+
+@dataclass
+class Snapshot:
+    tokens: list[int]
+    layers: list
+
+
+@dataclass
+class Step:
+    """One generated token and the text it completes (may be empty while a character or a possible stop
+    string is incomplete)."""
+
+    token: int | None  # None for the last piece of text held back while incomplete
+    text: str
+
+
+@dataclass
+class Generation:
+    """An iterable completion; timings and counts fill in as it runs."""
+
+    model: Model
+    prompt_tokens: list[int]
+    max_tokens: int
+    stop: list[str]
+    session: Session
+    sampler: Sampler
+    generated: list[int] = field(default_factory=list)
+    reused_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    finish_reason: str | None = None
+    text: str = ""
+
+    def __iter__(self) -> Iterator[Step]:
+        start = time.perf_counter()
+        self.reused_tokens = self.session.reuse_prefix(self.prompt_tokens)
+        logits = self.session.feed(self.prompt_tokens[self.reused_tokens:])
+        self.session.mark = self.session.snapshot()
+        self.prefill_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        emitted = 0  # characters of self.text already yielded
+        try:
+            while True:
+                token = self.sampler.sample(logits, self.prompt_tokens + self.generated)
+                if token in self.model.end_ids:
+                    self.finish_reason = "stop"
+                    break
+                self.generated.append(token)
+                self.text = self.model.tokenizer.decode(self.generated)
+                cut = _stop_position(self.text, self.stop)
+                if cut is not None:
+                    self.text, self.finish_reason = self.text[:cut], "stop"
+                    yield Step(token, self.text[emitted:])
+                    emitted = len(self.text)
+                    break
+                safe = _safe_length(self.text, self.stop)
+                yield Step(token, self.text[emitted:safe])
+                emitted = max(emitted, safe)
+                if len(self.generated) >= self.max_tokens or len(self.session.tokens) >= self.model.n_ctx:
+                    self.finish_reason = "length"
+                    break
+                logits = self.session.feed([token])
+            if emitted < len(self.text):
+                yield Step(None, self.text[emitted:])
+        finally:
+            self.decode_seconds = time.perf_counter() - start
+
+    @property
+    def prompt_tokens_per_second(self) -> float:
+        fed = len(self.prompt_tokens) - self.reused_tokens
+        return fed / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.generated) / self.decode_seconds if self.decode_seconds else 0.0
+
+
+def _stop_position(text: str, stop: list[str]) -> int | None:
+    hits = [text.find(s) for s in stop if s and s in text]
+    return min(hits) if hits else None
+
+
+def _safe_length(text: str, stop: list[str]) -> int:
+    """How much of `text` can be shown: not a trailing partial character, nor a tail that may begin a stop string."""
+    end = len(text)
+    while end and text[end - 1] == "\ufffd":
+        end -= 1
+    for s in stop:
+        for n in range(min(len(s) - 1, end), 0, -1):
+            if text[:end].endswith(s[:n]):
+                end -= n
+                break
+    return end
