@@ -13,7 +13,7 @@ from localcoder.kernels.cpu_matmul import (BLAS_MIN_TOKENS, decode_blocks, decod
 from quant.quantize import dequantize, quantize
 
 SEED = int.from_bytes(os.urandom(4), "little")
-TYPES = ["Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+TYPES = ["Q4_0", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 
 
 def random_weights(qtype: str, rows: int, cols: int, seed: int) -> np.ndarray:

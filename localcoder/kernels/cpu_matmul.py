@@ -33,7 +33,7 @@ from quant.quantize import dequantize, qtype_of
 
 T = GGMLQuantizationType
 F = np.float32
-KINDS = {T.Q8_0: 3, T.Q2_K: 4, T.Q3_K: 5, T.Q4_K: 6, T.Q5_K: 7, T.Q6_K: 8}
+KINDS = {T.Q4_0: 0, T.Q5_0: 1, T.Q5_1: 2, T.Q8_0: 3, T.Q2_K: 4, T.Q3_K: 5, T.Q4_K: 6, T.Q5_K: 7, T.Q6_K: 8}
 FLOAT_TYPES = (T.F32, T.F16, T.BF16)
 SUPPORTED = tuple(KINDS) + FLOAT_TYPES
 TILE = 8  # rows a thread decodes before its dot products (8 x 2048 float32 = 64 KiB)
@@ -73,12 +73,9 @@ def _k4(b, j):
 
 @njit(cache=True, error_model="numpy")
 def _decode_block(kind, b, y):
-    """The float32 values of one block (bytes b) into y, as ggml's dequantize_row_*: (d * scale) * q - dmin * min."""
-    if kind == 3:  # Q8_0: d @0, qs int8[32] @2
-        d = _f16(b, 0)
-        for l in range(32):
-            y[l] = _i8(b[2 + l]) * d
-    elif kind == 4:  # Q2_K: scales[16] @0, qs[64] @16, d @80, dmin @82
+    """The float32 values of one K-quant block (bytes b) into y, as ggml's dequantize_row_*:
+    (d * scale) * q - dmin * min."""
+    if kind == 4:  # Q2_K: scales[16] @0, qs[64] @16, d @80, dmin @82
         d, dmin = _f16(b, 80), _f16(b, 82)
         for n in range(2):
             for k in range(4):
@@ -135,14 +132,37 @@ def _decode_block(kind, b, y):
                     y[128 * n + 96 + l] = s3 * F(np.int32((lo1 >> 4) | (((hi >> 6) & 3) << 4)) - 32)
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _decode_block32(kind, b, y):
+    """A 32-value block as ggml's dequantize_row_q4_0 / q5_0 / q5_1 / q8_0 (nibble j: values j and j + 16)."""
+    d = _f16(b, 0)
+    if kind == 3:  # Q8_0: d, qs int8[32]
+        for l in range(32):
+            y[l] = _i8(b[2 + l]) * d
+    elif kind == 0:  # Q4_0: d, qs[16]
+        for l in range(16):
+            y[l] = F(np.int32(b[2 + l] & 0xF) - 8) * d
+            y[l + 16] = F(np.int32(b[2 + l] >> 4) - 8) * d
+    else:  # Q5_0: d, qh u32, qs[16];  Q5_1: d, m, qh u32, qs[16]
+        o = 2 if kind == 1 else 4
+        qh = np.int64(b[o]) | (np.int64(b[o + 1]) << 8) | (np.int64(b[o + 2]) << 16) | (np.int64(b[o + 3]) << 24)
+        shift = 16 if kind == 1 else 0
+        m = _f16(b, 2) if kind == 2 else F(0.0)
+        for l in range(16):
+            lo = np.int32(b[o + 4 + l] & 0xF) | np.int32(((qh >> l) << 4) & 0x10)
+            hi = np.int32(b[o + 4 + l] >> 4) | np.int32((qh >> (l + 12)) & 0x10)
+            if kind == 1:
+                y[l], y[l + 16] = F(lo - shift) * d, F(hi - shift) * d
+            else:
+                y[l], y[l + 16] = F(lo) * d + m, F(hi) * d + m
+
+
 @njit(cache=True, error_model="numpy", nogil=True)
 def _decode_row(kind, B, row, y):
     tsize = row.shape[0] // (y.shape[0] // B)
-    if kind == 3:  # Q8_0 blocks are short: decode them here rather than through a call per 32 values
+    if kind <= 3:  # 32-value blocks are short: decode them here rather than through a call per block
         for blk in range(y.shape[0] // 32):
-            d = _f16(row, 34 * blk)
-            for l in range(32):
-                y[32 * blk + l] = _i8(row[34 * blk + 2 + l]) * d
+            _decode_block32(kind, row[blk * tsize:(blk + 1) * tsize], y[32 * blk:32 * blk + 32])
         return
     for blk in range(y.shape[0] // B):
         _decode_block(kind, row[blk * tsize:(blk + 1) * tsize], y[blk * B:(blk + 1) * B])

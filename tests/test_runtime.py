@@ -1,0 +1,113 @@
+"""The CPU runtime (localcoder.Model) against independent oracles: transformers' logits for F32 files, the float64
+numpy reference on the dequantized weights for quantized files, llama.cpp on the same quantized file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from localcoder.errors import UserError
+from localcoder.gguf_model import load_float_weights
+from localcoder.model import Model
+from localcoder.reference import forward
+from quant.convert import convert_hf
+from quant.quantize_file import quantize_model
+from test_llama_cpp_runs_our_files import (N_TOKENS, llama_cpp_logits, max_relative_error, prompt_tokens,
+                                           transformers_logits)
+
+BOUND = 1e-4
+
+
+@pytest.fixture(scope="module")
+def f32_files(hf_model, tmp_path_factory):
+    """geometry -> (HF folder, F32 GGUF, transformers' logits over N_TOKENS prompt tokens)."""
+    cache = {}
+
+    def get(geometry: str):
+        if geometry not in cache:
+            hf_dir = hf_model(geometry)
+            path = convert_hf(hf_dir, tmp_path_factory.mktemp(geometry) / "m.gguf", "F32", show_progress=False).out
+            tokens = prompt_tokens(hf_dir, N_TOKENS)
+            cache[geometry] = (path, tokens, transformers_logits(hf_dir, tokens))
+        return cache[geometry]
+    return get
+
+
+@pytest.mark.parametrize("geometry", ["tiny", "k256", "realheads"])
+def test_f32_prefill_decode_and_mixed_equal_transformers(f32_files, geometry):
+    path, tokens, ref = f32_files(geometry)
+    model = Model.load(path)
+    assert max_relative_error(model.logits(tokens), ref) < BOUND  # one prefill, crossing the 64-token chunks
+    session = model.new_session()
+    decoded = np.stack([session.feed([t]) for t in tokens])  # token by token: the recurrent delta rule
+    assert max_relative_error(decoded, ref) < BOUND
+    session = model.new_session()
+    mixed = [session.feed(tokens[:70], all_logits=True)]  # prefill, then decode, then prefill again
+    mixed += [session.feed([t])[None] for t in tokens[70:90]]
+    mixed.append(session.feed(tokens[90:], all_logits=True))
+    assert max_relative_error(np.concatenate(mixed), ref) < BOUND
+
+
+def test_small_batches_and_snapshots(f32_files):
+    """A prefill split into n_batch chunks equals one call; a snapshot replays the rest identically."""
+    path, tokens, ref = f32_files("realheads")
+    model = Model.load(path, n_batch=48)
+    session = model.new_session()
+    first = session.feed(tokens[:100], all_logits=True)
+    assert max_relative_error(first, ref[:100]) < BOUND
+    saved = session.snapshot()
+    rest = session.feed(tokens[100:], all_logits=True)
+    session.feed([1, 2, 3])
+    session.restore(saved)
+    assert session.tokens == tokens[:100]
+    assert np.array_equal(session.feed(tokens[100:], all_logits=True), rest)
+
+
+@pytest.mark.parametrize("file_type", ["Q4_K_M", "Q2_K", "Q3_K_M", "Q5_K_M", "Q6_K", "Q8_0"])
+def test_quantized_files_equal_the_reference_on_dequantized_weights(f32_files, tmp_path, file_type):
+    """Every block format, through llama.cpp's mixes (k256 has K-quant fallbacks to Q4_0/Q5_0/Q5_1/Q8_0)."""
+    f32, tokens, _ = f32_files("k256")
+    path = quantize_model(f32, tmp_path / "q.gguf", file_type, show_progress=False).out
+    args, weights = load_float_weights(path)
+    ref = forward(args, weights, tokens[:80])
+    model = Model.load(path)
+    assert max_relative_error(model.logits(tokens[:80]), ref) < BOUND
+    session = model.new_session()
+    session.feed(tokens[:60])
+    decoded = np.stack([session.feed([t]) for t in tokens[60:80]])
+    assert max_relative_error(decoded, ref[60:80]) < BOUND
+
+
+def test_quantized_logits_against_llama_cpp_on_the_same_file(f32_files, tmp_path):
+    """llama.cpp quantizes activations to 8 bits (Q8_K / Q8_0) in its dot products; localcoder keeps them float32.
+    On the same Q4_K_M file our logits are exact (the reference on dequantized weights), so they must sit no
+    further from llama.cpp's than the exact ones do; and llama.cpp's own distance from exact stays within what
+    8-bit activations cost on these random models (a misread tensor would be far beyond it)."""
+    f32, tokens, _ = f32_files("realheads")
+    path = quantize_model(f32, tmp_path / "q.gguf", "Q4_K_M", show_progress=False).out
+    tokens = tokens[:80]
+    args, weights = load_float_weights(path)
+    exact = forward(args, weights, tokens)
+    theirs = llama_cpp_logits(path, tokens)
+    ours = Model.load(path).logits(tokens)
+    assert max_relative_error(ours, exact) < BOUND
+    assert max_relative_error(ours, theirs) <= max_relative_error(exact, theirs) + BOUND
+    assert max_relative_error(theirs, exact) < 0.3
+    assert (ours.argmax(axis=1) == exact.argmax(axis=1)).all()
+
+
+def test_bad_inputs_are_clear_errors(f32_files, tmp_path):
+    path, tokens, _ = f32_files("tiny")
+    model = Model.load(path, n_ctx=64)
+    with pytest.raises(UserError, match="exceed the context size 64"):
+        model.logits(tokens[:65])
+    with pytest.raises(UserError, match="token ids must be in"):
+        model.logits([model.args.vocab])
+    with pytest.raises(UserError, match="empty"):
+        model.new_session().feed([])
+    with pytest.raises(UserError, match="outside 1.."):
+        Model.load(path, n_ctx=10 ** 9)
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UserError):
+        Model.load(truncated)
