@@ -160,8 +160,9 @@ def inspect(
 @user_errors
 def demo(
     type_name: str = typer.Option("Q8_0", "--type", "-t", help="Type of the demo GGUF."),
+    generate: bool = typer.Option(True, help="Also run a short generation on it with the CPU runtime."),
 ) -> None:
-    """Build the embedded demo model (random weights), convert it to GGUF and show what is inside."""
+    """Build the embedded demo model (random weights), convert it to GGUF, show what is inside and run it."""
     from localcoder.demo import ensure_demo_gguf
     from localcoder.gguf_info import read_gguf_info
 
@@ -170,6 +171,72 @@ def demo(
     out.print(kinds_table(info, f"demo model: {path}"))
     out.print("The demo model has the Qwen3-Coder-Next architecture at a small size with random weights: it "
               "exercises every command, it does not write useful code.", soft_wrap=True)
+    if generate:
+        from localcoder.model import Model
+
+        model = Model.load(path, n_ctx=4096)
+        prompt = "Write a Python function that reverses a string."
+        out.print(f"[bold]localcoder run {path.name} \"{prompt}\"[/] (greedy, 32 tokens):", soft_wrap=True)
+        stream_completion(model, [{"role": "user", "content": prompt}], model.new_session(), max_tokens=32,
+                          temperature=0.0)
+
+
+def stream_completion(model, messages: list[dict], session, **options):
+    """Print a completion as it is generated, then its speed on stderr; returns the Generation."""
+    generation = model.generate(messages, session=session, **options)
+    for step in generation:
+        sys.stdout.write(step.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    fed = len(generation.prompt_tokens) - generation.reused_tokens
+    err.print(f"[dim]prompt {fed} tokens ({generation.reused_tokens} reused), {generation.prompt_tokens_per_second:.1f} "
+              f"tok/s · generated {len(generation.generated)} tokens, {generation.tokens_per_second:.1f} tok/s · "
+              f"finish: {generation.finish_reason}[/]", soft_wrap=True, highlight=False)
+    return generation
+
+
+@app.command()
+@user_errors
+def run(
+    model_path: Path = typer.Argument(..., help="A Qwen3-Next GGUF (localcoder's or llama.cpp's)."),
+    prompt: Optional[str] = typer.Argument(None, help="One prompt; without it, an interactive chat starts."),
+    system: Optional[str] = typer.Option(None, help="A system message."),
+    max_tokens: int = typer.Option(512, "--max-tokens", "-n", min=1, help="Most tokens generated per answer."),
+    temperature: float = typer.Option(1.0, help="0 = greedy."),
+    top_p: float = typer.Option(0.95, "--top-p"),
+    top_k: int = typer.Option(40, "--top-k"),
+    min_p: float = typer.Option(0.01, "--min-p"),
+    repetition_penalty: float = typer.Option(1.0, "--repeat-penalty"),
+    presence_penalty: float = typer.Option(0.0, "--presence-penalty"),
+    frequency_penalty: float = typer.Option(0.0, "--frequency-penalty"),
+    seed: Optional[int] = typer.Option(None, help="Random seed for reproducible sampling."),
+    ctx_size: Optional[int] = typer.Option(None, "--ctx-size", "-c", min=1,
+                                           help="Longest conversation in tokens (default: the model's, at most 32768)."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="CPU threads (default: all)."),
+) -> None:
+    """Chat with a model on the CPU runtime, streaming text, with prompt and generation speed at the end."""
+    from localcoder.model import Model
+
+    options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                   repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+                   frequency_penalty=frequency_penalty, seed=seed)
+    model = Model.load(model_path, n_ctx=ctx_size, threads=threads)
+    messages = [{"role": "system", "content": system}] if system else []
+    session = model.new_session()
+    if prompt is not None:
+        stream_completion(model, messages + [{"role": "user", "content": prompt}], session, **options)
+        return
+    err.print("[dim]interactive chat: empty line or Ctrl-D to quit[/]")
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            break
+        if not line.strip():
+            break
+        messages.append({"role": "user", "content": line})
+        generation = stream_completion(model, messages, session, **options)
+        messages.append({"role": "assistant", "content": generation.text})
 
 
 @app.command()

@@ -4,3 +4,11 @@ The package stays light to import: heavy modules (numba kernels, the server) are
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`localcoder.Model` without importing the runtime (numba kernels) at package import."""
+    if name == "Model":
+        from localcoder.model import Model
+        return Model
+    raise AttributeError(f"module 'localcoder' has no attribute {name!r}")

@@ -10,27 +10,11 @@ import numpy as np
 
 from localcoder.gguf_model import ModelArgs
 from localcoder.kernels.deltanet import delta_rule_chunked, delta_rule_recurrent
-from localcoder.reference import L2_EPS
+from localcoder.reference import L2_EPS, rms_norm, sigmoid, silu, softplus  # dtype-preserving
 
 F = np.float32
 RECURRENT_MAX_TOKENS = 16  # feeds up to this many tokens use the recurrent delta rule, longer ones the chunked form
 SCORES_BUDGET = 1 << 24  # attention scores kept at once (64 MiB of float32): long contexts go by query blocks
-
-
-def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    return (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + F(eps)) * w).astype(F)
-
-
-def silu(x: np.ndarray) -> np.ndarray:
-    return x / (F(1.0) + np.exp(-x))
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return F(1.0) / (F(1.0) + np.exp(-x))
-
-
-def softplus(x: np.ndarray) -> np.ndarray:
-    return np.where(x > 20.0, x, np.log1p(np.exp(np.minimum(x, 20.0)))).astype(F)
 
 
 def rope_neox(x: np.ndarray, positions: np.ndarray, rope_dim: int, base: float) -> np.ndarray:

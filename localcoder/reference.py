@@ -16,11 +16,13 @@ from __future__ import annotations
 import numpy as np
 
 from localcoder.gguf_model import ModelArgs
+from localcoder.kernels.deltanet import delta_rule_reference
 
 L2_EPS = 1e-6  # transformers hard-codes this for the DeltaNet q/k L2 norm (llama.cpp uses rms eps, also 1e-6)
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """RMS norm over the last axis (keeps float32 inputs float32: the runtime's layers share these helpers)."""
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
 
@@ -94,14 +96,7 @@ def gated_delta_net(x: np.ndarray, w: dict, p: str, args: ModelArgs, state: dict
     q, k = np.repeat(q, r, axis=1) / np.sqrt(dk), np.repeat(k, r, axis=1)  # value head j uses key head j // r
     beta = sigmoid(b)
     g = w[p + "ssm_a"] * softplus(a + w[p + "ssm_dt.bias"])  # [T, nv], ssm_a = -exp(A_log)
-    S = state["S"]
-    out = np.empty((T, nv, dv))
-    for t in range(T):
-        S *= np.exp(g[t])[:, None, None]
-        u = np.einsum("hkv,hk->hv", S, k[t])
-        delta = beta[t][:, None] * (v[t] - u)
-        S += k[t][:, :, None] * delta[:, None, :]
-        out[t] = np.einsum("hkv,hk->hv", S, q[t])
+    out = delta_rule_reference(q, k, v, g, beta, state["S"])
     y = rms_norm(out, w[p + "ssm_norm.weight"], args.eps) * silu(z)
     return y.reshape(T, nv * dv) @ w[p + "ssm_out.weight"].T
 
