@@ -65,6 +65,9 @@ class Model:
         weights = load_weights(reader, args)
         if check_memory:
             check_fits(predict_memory(args, weights, n_ctx, n_batch))
+        from localcoder.kernels.cpu_matmul import single_threaded_blas
+
+        single_threaded_blas()
         if threads:
             import numba
             numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
