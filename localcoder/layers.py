@@ -10,23 +10,11 @@ import numpy as np
 
 from localcoder.gguf_model import ModelArgs
 from localcoder.kernels.deltanet import delta_rule_chunked, delta_rule_recurrent
-from localcoder.reference import L2_EPS, rms_norm, sigmoid, silu, softplus  # dtype-preserving
+from localcoder.reference import L2_EPS, rms_norm, rope_neox, sigmoid, silu, softplus  # dtype-preserving
 
 F = np.float32
 RECURRENT_MAX_TOKENS = 16  # feeds up to this many tokens use the recurrent delta rule, longer ones the chunked form
 SCORES_BUDGET = 1 << 24  # attention scores kept at once (64 MiB of float32): long contexts go by query blocks
-
-
-def rope_neox(x: np.ndarray, positions: np.ndarray, rope_dim: int, base: float) -> np.ndarray:
-    """Rotate-half RoPE on the first rope_dim dims of each head, in place. x: [T, heads, d]."""
-    half = rope_dim // 2
-    inv_freq = base ** (-np.arange(half, dtype=np.float64) * 2.0 / rope_dim)
-    angle = positions[:, None, None].astype(np.float64) * inv_freq
-    cos, sin = np.cos(angle).astype(F), np.sin(angle).astype(F)
-    a, b = x[..., :half].copy(), x[..., half:rope_dim].copy()
-    x[..., :half] = a * cos - b * sin
-    x[..., half:rope_dim] = b * cos + a * sin
-    return x
 
 
 class KVCache:
@@ -65,8 +53,8 @@ def attention(x: np.ndarray, w: dict, args: ModelArgs, cache: KVCache) -> np.nda
     k = rms_norm(k, w["attn_k_norm.weight"].vector(), args.eps)
     past = cache.length
     positions = np.arange(past, past + n_tok)
-    rope_neox(q, positions, args.rope_dim, args.rope_base)
-    rope_neox(k, positions, args.rope_dim, args.rope_base)
+    q = rope_neox(q, positions, args.rope_dim, args.rope_base)
+    k = rope_neox(k, positions, args.rope_dim, args.rope_base)
     cache.append(k, v)
     out = _causal_attention(q, cache.k[:cache.length], cache.v[:cache.length], past)
     return w["attn_output.weight"].matmul(out.reshape(n_tok, nh * d) * sigmoid(gate))

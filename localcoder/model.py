@@ -123,11 +123,7 @@ class Session:
 
     def __init__(self, model: Model):
         self.model = model
-        a = model.args
-        channels = 2 * a.nk * a.dk + a.nv * a.dv
-        self.layers = [{"conv": np.zeros((a.conv_kernel - 1, channels), np.float32),
-                        "S": np.zeros((a.nv, a.dk, a.dv), np.float32)} if recurrent
-                       else KVCache(a.n_head_kv, a.head_dim) for recurrent in a.recurrent]
+        self.layers = _empty_layers(model.args)
         self.tokens: list[int] = []
         self.mark: "Snapshot | None" = None  # taken after each prompt, for prefix reuse
 
@@ -154,17 +150,15 @@ class Session:
 
     def snapshot(self) -> "Snapshot":
         """A copy of the state at the current position that later feeding does not change."""
-        return Snapshot(list(self.tokens), [layer.copy() if isinstance(layer, KVCache)
-                                            else {k: v.copy() for k, v in layer.items()} for layer in self.layers])
+        return Snapshot(list(self.tokens), _copy_layers(self.layers))
 
     def restore(self, snapshot: "Snapshot") -> None:
         """Return to a snapshot (the snapshot stays usable)."""
         self.tokens = list(snapshot.tokens)
-        self.layers = [layer.copy() if isinstance(layer, KVCache) else {k: v.copy() for k, v in layer.items()}
-                       for layer in snapshot.layers]
+        self.layers = _copy_layers(snapshot.layers)
 
     def reset(self) -> None:
-        self.restore(Snapshot([], Session(self.model).layers))
+        self.tokens, self.layers = [], _empty_layers(self.model.args)
 
     def reuse_prefix(self, prompt: list[int]) -> int:
         """Bring the session to the longest state it holds that is a prefix of `prompt` (its current position
@@ -176,6 +170,19 @@ class Session:
                 return len(candidate)
         self.reset()
         return 0
+
+
+def _empty_layers(a: ModelArgs) -> list:
+    """Per layer: a KV cache (attention) or zero conv and delta-rule state (DeltaNet)."""
+    channels = 2 * a.nk * a.dk + a.nv * a.dv
+    return [{"conv": np.zeros((a.conv_kernel - 1, channels), np.float32),
+             "S": np.zeros((a.nv, a.dk, a.dv), np.float32)} if recurrent
+            else KVCache(a.n_head_kv, a.head_dim) for recurrent in a.recurrent]
+
+
+def _copy_layers(layers: list) -> list:
+    return [layer.copy() if isinstance(layer, KVCache) else {k: v.copy() for k, v in layer.items()}
+            for layer in layers]
 
 
 @dataclass

@@ -39,11 +39,12 @@ def softplus(x: np.ndarray) -> np.ndarray:
 
 
 def rope_neox(x: np.ndarray, positions: np.ndarray, rope_dim: int, base: float) -> np.ndarray:
-    """Rotate-half RoPE on the first rope_dim dims of each head. x: [T, heads, d]."""
+    """Rotate-half RoPE on the first rope_dim dims of each head (a new array of x's dtype; angles in float64).
+    x: [T, heads, d]."""
     half = rope_dim // 2
     inv_freq = base ** (-np.arange(half, dtype=np.float64) * 2.0 / rope_dim)
-    angle = positions[:, None, None] * inv_freq  # [T, 1, half]
-    cos, sin = np.cos(angle), np.sin(angle)
+    angle = np.asarray(positions, np.float64)[:, None, None] * inv_freq  # [T, 1, half]
+    cos, sin = np.cos(angle).astype(x.dtype), np.sin(angle).astype(x.dtype)
     out = x.copy()
     a, b = x[..., :half], x[..., half:rope_dim]
     out[..., :half] = a * cos - b * sin

