@@ -17,7 +17,8 @@ import numba
 
 
 KERNEL_MODULES = ("jit.py", "ksearch.py", "kblocks.py", "quantize.py")  # every module with @njit(cache=True)
-CALLERS_ELSEWHERE = ("../localcoder/kernels/cpu_matmul.py",)  # jitted code that calls into the modules above
+CALLERS_ELSEWHERE = (  # jitted code that calls into the modules above
+    "../localcoder/kernels/cpu_matmul.py", "../localcoder/kernels/simd.py", "../localcoder/kernels/qdot.py")
 
 
 def _configure() -> None:

@@ -1,0 +1,169 @@
+"""Quantized-activation kernels (llama.cpp's CPU scheme) against ggml itself through ctypes and against numpy.
+
+- Activation rounding (Q8_K, Q8_0) equals ggml's quantize_row_q8_K / quantize_row_q8_0 byte for byte.
+- Each format's matmul equals ggml_vec_dot_<type>_q8_K / _q8_0 on the same bytes (float summation order aside),
+  and qmatmul_reference (gguf-py dequantization, float64).
+- The SIMD block dot products equal their numpy meaning in every lowering (AVX-512, AVX2, generic IR), so the
+  code other CPUs get is tested here too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from numba import njit
+
+from localcoder.kernels import qdot, simd
+from quant.quantize import quantize
+
+SEED = int.from_bytes(os.urandom(4), "little")
+K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+ACT_BYTES = {256: 292, 32: 34}  # sizeof(block_q8_K), sizeof(block_q8_0)
+
+
+def rng(*salt):
+    return np.random.default_rng([SEED, *salt])
+
+
+@pytest.fixture(scope="module")
+def ggml_cpu():
+    import llama_cpp
+
+    lib = ctypes.CDLL(str(next((Path(llama_cpp.__file__).parent / "lib").glob("libggml-cpu.so*"))))
+    lib.ggml_cpu_init()  # fills the fp16 tables the vec_dot kernels read
+    return lib
+
+
+def ggml_activations(lib, x: np.ndarray, block: int) -> np.ndarray:
+    fn = lib.quantize_row_q8_K if block == 256 else lib.quantize_row_q8_0
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    out = np.zeros((x.shape[0], x.shape[1] // block * ACT_BYTES[block]), np.uint8)
+    for t in range(x.shape[0]):
+        fn(np.ascontiguousarray(x[t]).ctypes.data, out[t].ctypes.data, x.shape[1])
+    return out
+
+
+def ggml_vec_dots(lib, raw: np.ndarray, qtype, acts_bytes: np.ndarray, cols: int) -> np.ndarray:
+    name = "ggml_vec_dot_q8_0_q8_0" if qtype == T.Q8_0 else f"ggml_vec_dot_{qtype.name.lower()[:-1]}K_q8_K"
+    fn = getattr(lib, name)
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
+                   ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    out, s = np.zeros((acts_bytes.shape[0], raw.shape[0]), np.float32), ctypes.c_float()
+    for t in range(acts_bytes.shape[0]):
+        for r in range(raw.shape[0]):
+            fn(cols, ctypes.byref(s), 0, raw[r].ctypes.data, 0, acts_bytes[t].ctypes.data, 0, 1)
+            out[t, r] = s.value
+    return out
+
+
+def activations_like_a_model(n: int, cols: int, *salt) -> np.ndarray:
+    x = rng(*salt).standard_t(3, (n, cols)).astype(np.float32)
+    x[0, :256] = 0.0  # an all-zero block (scale 0)
+    x[-1, 7] = 40.0  # an outlier that sets its block's scale
+    return x
+
+
+@pytest.mark.parametrize("block", [256, 32])
+def test_activation_rounding_equals_ggml(ggml_cpu, block):
+    x = activations_like_a_model(5, 1024, block)
+    acts = qdot.quantize_activations(x, T.Q4_K if block == 256 else T.Q8_0)
+    theirs = ggml_activations(ggml_cpu, x, block).reshape(5, -1, ACT_BYTES[block])
+    if block == 256:  # block_q8_K: float d, int8 qs[256], int16 bsums[16]
+        d, q, bsums = theirs[..., :4], theirs[..., 4:260], theirs[..., 260:]
+        assert np.array_equal(np.ascontiguousarray(bsums).view(np.int16).reshape(5, -1), acts.bsums), f"seed {SEED}"
+        assert np.array_equal(np.ascontiguousarray(d).view(np.float32)[..., 0], acts.d)
+    else:  # block_q8_0: half d, int8 qs[32]
+        d, q = theirs[..., :2], theirs[..., 2:]
+        assert np.array_equal(np.ascontiguousarray(d).view(np.float16)[..., 0].astype(np.float32), acts.d)
+    assert np.array_equal(np.ascontiguousarray(q).view(np.int8).reshape(5, -1), acts.q), f"seed {SEED}"
+
+
+@pytest.mark.parametrize("qtype", K_TYPES + [T.Q8_0])
+def test_qmatmul_equals_ggml_vec_dot_and_reference(ggml_cpu, qtype):
+    cols = 1024
+    raw = quantize(rng(1, qtype).standard_t(4, (24, cols)).astype(np.float32), qtype.name)
+    x = activations_like_a_model(3, cols, 2, qtype)
+    acts = qdot.quantize_activations(x, qtype)
+    ours = qdot.qmatmul(raw, qtype, acts)
+    theirs = ggml_vec_dots(ggml_cpu, raw, qtype, ggml_activations(ggml_cpu, x, acts.block), cols)
+    exact = qdot.qmatmul_reference(raw, qtype, x)
+    scale = np.abs(exact).max()
+    assert np.abs(ours - theirs).max() <= 2e-6 * scale, f"seed {SEED}"
+    assert np.abs(ours - exact).max() <= 2e-6 * scale, f"seed {SEED}"
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q6_K, T.Q8_0])
+def test_grouped_qmatmul_equals_reference(qtype):
+    """Experts chosen in any order, some twice, groups of one slot (decode) and of many (prefill), and slots
+    reading arbitrary activation rows."""
+    n_experts, rows, cols = 6, 40, 512
+    raw = np.stack([quantize(rng(3, e).standard_normal((rows, cols)).astype(np.float32), qtype.name)
+                    for e in range(n_experts)])
+    x = activations_like_a_model(9, cols, 4)
+    experts, starts = np.array([4, 0, 5, 2]), np.array([0, 1, 8, 8, 11])
+    src = rng(5).integers(0, 9, starts[-1])
+    ours = qdot.grouped_qmatmul(raw, qtype, qdot.quantize_activations(x, qtype), experts, starts, src)
+    for g, e in enumerate(experts):
+        for s in range(starts[g], starts[g + 1]):
+            exact = qdot.qmatmul_reference(raw[e], qtype, x[src[s]:src[s] + 1])[0]
+            assert np.abs(ours[s] - exact).max() <= 2e-6 * np.abs(exact).max(), f"seed {SEED}"
+
+
+def test_quantized_activations_refuse_ragged_rows():
+    with pytest.raises(ValueError, match="256-value blocks"):
+        qdot.quantize_activations(np.ones((1, 300), np.float32), T.Q4_K)
+    raw = quantize(np.ones((4, 512), np.float32), "Q4_K")
+    with pytest.raises(ValueError, match="cannot take"):
+        qdot.qmatmul(raw, T.Q4_K, qdot.quantize_activations(np.ones((1, 256), np.float32), T.Q4_K))
+
+
+def _block_kernel(block_dot, bsum_dot):
+    @njit
+    def run(w, q, bs, out):
+        for b in range(out.shape[0]):
+            out[b, 0] = block_dot(w, b * (w.shape[0] // out.shape[0]), q, 256 * b)
+            out[b, 1] = bsum_dot(w, b * (w.shape[0] // out.shape[0]), bs, 16 * b)
+    return run
+
+
+@pytest.mark.parametrize("lowering", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("kind", sorted(qdot.LAYOUTS))
+def test_block_dot_lowerings_equal_numpy(kind, lowering):
+    """Random bytes (every bit pattern of scales and values), not just what a quantizer writes."""
+    features = simd.llvm.get_host_cpu_features().flatten()
+    if lowering != "generic" and f"+{lowering}{'bw' if lowering == 'avx512' else ''}" not in features:
+        pytest.skip(f"this CPU has no {lowering}")  # the other lowerings still run here
+    qt = next(t for t, k in qdot.KINDS.items() if k == kind)
+    size, n = qdot.BLOCK_BYTES_K[kind], 6
+    layout, (scales, mins) = qdot.LAYOUTS[kind], qdot.SCALES[kind]
+    run = _block_kernel(simd.make_block_dot(layout, scales, lowering), simd.make_bsum_dot(mins))
+    w = rng(6, kind).integers(0, 256, n * size).astype(np.uint8)
+    q = rng(7, kind).integers(-128, 128, 256 * n).astype(np.int8)  # -128 too: ggml's Q8_K can hold it
+    bs = rng(8, kind).integers(-2048, 2048, 16 * n).astype(np.int32)
+    out = np.zeros((n, 2), np.int64)
+    run(w, q, bs, out)
+    for b in range(n):
+        block = w[b * size:(b + 1) * size]
+        assert out[b, 0] == simd.block_dot_reference(layout, scales, block, q[256 * b:256 * (b + 1)]), qt.name
+        assert out[b, 1] == int((simd.scales_reference(mins, block) * bs[16 * b:16 * (b + 1)]).sum()), qt.name
+
+
+def test_f16_and_u32_loads():
+    @njit
+    def read(w, out_f, out_u):
+        for i in range(out_f.shape[0]):
+            out_f[i] = simd.f16_at(w, 2 * i + 1)  # unaligned on purpose
+            out_u[i] = simd.u32_at(w, 2 * i + 1)
+    halves = np.concatenate([rng(9).standard_normal(200).astype(np.float16),
+                             np.array([0, -0.0, 6e-8, -6e-8, 65504, np.inf, -np.inf], np.float16)])
+    w = np.zeros(2 * len(halves) + 4, np.uint8)
+    w[1:1 + 2 * len(halves)] = halves.view(np.uint8)
+    out_f, out_u = np.zeros(len(halves), np.float32), np.zeros(len(halves), np.uint32)
+    read(w, out_f, out_u)
+    assert np.array_equal(out_f, halves.astype(np.float32))
+    assert np.array_equal(out_u, [int.from_bytes(w[2 * i + 1:2 * i + 5].tobytes(), "little") for i in range(len(halves))])
