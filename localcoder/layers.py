@@ -10,6 +10,7 @@ import numpy as np
 
 from localcoder.gguf_model import ModelArgs
 from localcoder.kernels.deltanet import delta_rule_chunked, delta_rule_recurrent
+from localcoder.kernels.qdot import Activations
 from localcoder.reference import L2_EPS, rms_norm, rope_neox, sigmoid, silu, softplus  # dtype-preserving
 
 F = np.float32
@@ -45,6 +46,7 @@ class KVCache:
 def attention(x: np.ndarray, w: dict, args: ModelArgs, cache: KVCache) -> np.ndarray:
     """Gated attention: q and its gate interleaved per head in attn_q, q/k RMS norms, partial NEOX RoPE, GQA."""
     n_tok, nh, nkv, d = x.shape[0], args.n_head, args.n_head_kv, args.head_dim
+    x = Activations(x)  # one 8-bit rounding of x for q, k and v
     qg = w["attn_q.weight"].matmul(x).reshape(n_tok, nh, 2 * d)
     q, gate = qg[..., :d], qg[..., d:].reshape(n_tok, nh * d)
     k = w["attn_k.weight"].matmul(x).reshape(n_tok, nkv, d)
@@ -87,6 +89,7 @@ def gated_delta_net(x: np.ndarray, w: dict, args: ModelArgs, state: dict) -> np.
     state["conv"]: the last K-1 conv inputs [K-1, channels]; state["S"]: [nv, dk, dv]."""
     n_tok, nk, nv, dk, dv = x.shape[0], args.nk, args.nv, args.dk, args.dv
     r = nv // nk
+    x = Activations(x)
     mixed = w["attn_qkv.weight"].matmul(x)
     z = w["attn_gate.weight"].matmul(x).reshape(n_tok, nv, dv)
     ba = w["ssm_ba.weight"].matmul(x).reshape(n_tok, nk, 2 * r)
@@ -117,6 +120,7 @@ def moe(x: np.ndarray, w: dict, args: ModelArgs) -> np.ndarray:
     """Softmax router, top-k renormalised, SwiGLU experts (all selected experts in one grouped call per
     projection), plus the sigmoid-gated shared expert."""
     n_tok, k = x.shape[0], args.n_expert_used
+    x = Activations(x)
     logits = w["ffn_gate_inp.weight"].matmul(x)
     probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
@@ -137,5 +141,5 @@ def moe(x: np.ndarray, w: dict, args: ModelArgs) -> np.ndarray:
     out = np.einsum("tkh,tk->th", per_pair.reshape(n_tok, k, -1), weights.astype(F))
     shared = silu(w["ffn_gate_shexp.weight"].matmul(x)) * w["ffn_up_shexp.weight"].matmul(x)
     shared = w["ffn_down_shexp.weight"].matmul(shared)
-    shared_gate = sigmoid(x @ w["ffn_gate_inp_shexp.weight"].vector())
+    shared_gate = sigmoid(x.x @ w["ffn_gate_inp_shexp.weight"].vector())
     return out + shared * shared_gate[:, None]

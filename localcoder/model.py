@@ -47,10 +47,12 @@ class Model:
 
     @classmethod
     def load(cls, path, n_ctx: int | None = None, n_batch: int = 512, threads: int | None = None,
-             check_memory: bool = True) -> "Model":
+             check_memory: bool = True, activations: str = "q8") -> "Model":
         """Open a Qwen3-Next GGUF (memory-mapped). n_ctx: the longest session (default: the model's trained
-        context, capped at 32768); threads: CPU threads for the kernels (default: all cores). Refuses with a
-        UserError when the machine cannot hold the weights plus the sessions' state for n_ctx tokens."""
+        context, capped at 32768); threads: CPU threads for the kernels (default: all cores); activations: "q8"
+        rounds the inputs of quantized weights to 8 bits as llama.cpp does (Q8_K / Q8_0) and multiplies in
+        integers, "f32" keeps them float32 (exact, 2-4x slower). Refuses with a UserError when the machine cannot
+        hold the weights plus the sessions' state for n_ctx tokens."""
         from localcoder.memory import check_fits, predict_memory
 
         path = Path(path)
@@ -62,7 +64,9 @@ class Model:
             raise UserError(f"context size {n_ctx} is outside 1..{trained} (the model's trained context)")
         if n_batch < 1:
             raise UserError("n_batch must be at least 1")
-        weights = load_weights(reader, args)
+        if activations not in ("q8", "f32"):
+            raise UserError(f"activations must be 'q8' or 'f32', not {activations!r}")
+        weights = load_weights(reader, args, int8_activations=activations == "q8")
         if check_memory:
             check_fits(predict_memory(args, weights, n_ctx, n_batch))
         from localcoder.kernels.cpu_matmul import single_threaded_blas

@@ -52,15 +52,15 @@ def rope_neox(x: np.ndarray, positions: np.ndarray, rope_dim: int, base: float) 
     return out
 
 
-def attention(x: np.ndarray, w: dict, p: str, args: ModelArgs, state: dict) -> np.ndarray:
+def attention(x: np.ndarray, w: dict, mm: "Projection", p: str, args: ModelArgs, state: dict) -> np.ndarray:
     """Gated full attention: q and its sigmoid gate interleaved per head in attn_q; q/k RMS norms; GQA.
     state["k"], state["v"]: [past, nkv, d], extended in place."""
     T, nh, nkv, d = x.shape[0], args.n_head, args.n_head_kv, args.head_dim
     past = state["k"].shape[0]
-    qg = (x @ w[p + "attn_q.weight"].T).reshape(T, nh, 2 * d)
+    qg = mm(x, p + "attn_q.weight").reshape(T, nh, 2 * d)
     q, gate = qg[..., :d], qg[..., d:].reshape(T, nh * d)
-    k = (x @ w[p + "attn_k.weight"].T).reshape(T, nkv, d)
-    v = (x @ w[p + "attn_v.weight"].T).reshape(T, nkv, d)
+    k = mm(x, p + "attn_k.weight").reshape(T, nkv, d)
+    v = mm(x, p + "attn_v.weight").reshape(T, nkv, d)
     q = rms_norm(q, w[p + "attn_q_norm.weight"], args.eps)
     k = rms_norm(k, w[p + "attn_k_norm.weight"], args.eps)
     pos = np.arange(past, past + T, dtype=np.float64)
@@ -72,17 +72,18 @@ def attention(x: np.ndarray, w: dict, p: str, args: ModelArgs, state: dict) -> n
     probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
     out = np.einsum("hts,shd->thd", probs, v).reshape(T, nh * d)
-    return (out * sigmoid(gate)) @ w[p + "attn_output.weight"].T
+    return mm(out * sigmoid(gate), p + "attn_output.weight")
 
 
-def gated_delta_net(x: np.ndarray, w: dict, p: str, args: ModelArgs, state: dict) -> np.ndarray:
+def gated_delta_net(x: np.ndarray, w: dict, mm: "Projection", p: str, args: ModelArgs,
+                    state: dict) -> np.ndarray:
     """Gated DeltaNet: causal conv + SiLU over [q, k, v], L2-normed q/k, the gated delta rule, gated RMS norm.
     state["conv"]: the last K-1 conv inputs [K-1, channels]; state["S"]: [nv, dk, dv]; both updated."""
     T, nk, nv, dk, dv = x.shape[0], args.nk, args.nv, args.dk, args.dv
     r = nv // nk
-    mixed = x @ w[p + "attn_qkv.weight"].T  # [T, 2*nk*dk + nv*dv], channels [q, k, v]
-    z = (x @ w[p + "attn_gate.weight"].T).reshape(T, nv, dv)
-    ba = (x @ w[p + "ssm_ba.weight"].T).reshape(T, nk, 2 * r)  # per key head: [b (r), a (r)]
+    mixed = mm(x, p + "attn_qkv.weight")  # [T, 2*nk*dk + nv*dv], channels [q, k, v]
+    z = mm(x, p + "attn_gate.weight").reshape(T, nv, dv)
+    ba = mm(x, p + "ssm_ba.weight").reshape(T, nk, 2 * r)  # per key head: [b (r), a (r)]
     b, a = ba[..., :r].reshape(T, nv), ba[..., r:].reshape(T, nv)
     kernel = w[p + "ssm_conv1d.weight"]  # [channels, K]
     K = kernel.shape[1]
@@ -99,23 +100,24 @@ def gated_delta_net(x: np.ndarray, w: dict, p: str, args: ModelArgs, state: dict
     g = w[p + "ssm_a"] * softplus(a + w[p + "ssm_dt.bias"])  # [T, nv], ssm_a = -exp(A_log)
     out = delta_rule_reference(q, k, v, g, beta, state["S"])
     y = rms_norm(out, w[p + "ssm_norm.weight"], args.eps) * silu(z)
-    return y.reshape(T, nv * dv) @ w[p + "ssm_out.weight"].T
+    return mm(y.reshape(T, nv * dv), p + "ssm_out.weight")
 
 
-def moe(x: np.ndarray, w: dict, p: str, args: ModelArgs) -> np.ndarray:
+def moe(x: np.ndarray, w: dict, mm: "Projection", p: str, args: ModelArgs) -> np.ndarray:
     """Softmax router, top-k renormalised, SwiGLU experts, plus the sigmoid-gated shared expert."""
-    logits = x @ w[p + "ffn_gate_inp.weight"].T  # [T, E]
+    logits = mm(x, p + "ffn_gate_inp.weight")  # [T, E]
     probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
     top = np.argsort(-probs, axis=-1, kind="stable")[:, :args.n_expert_used]
-    gate_w, up_w, down_w = (w[p + f"ffn_{n}_exps.weight"] for n in ("gate", "up", "down"))
     out = np.zeros_like(x)
     for t in range(x.shape[0]):
         weights = probs[t, top[t]] / probs[t, top[t]].sum()
+        xt = x[t:t + 1]
         for e, weight in zip(top[t], weights):
-            out[t] += weight * ((silu(gate_w[e] @ x[t]) * (up_w[e] @ x[t])) @ down_w[e].T)
-    shared = (silu(x @ w[p + "ffn_gate_shexp.weight"].T) * (x @ w[p + "ffn_up_shexp.weight"].T))
-    shared = shared @ w[p + "ffn_down_shexp.weight"].T
+            hidden = silu(mm(xt, p + "ffn_gate_exps.weight", e)) * mm(xt, p + "ffn_up_exps.weight", e)
+            out[t] += weight * mm(hidden, p + "ffn_down_exps.weight", e)[0]
+    shared = silu(mm(x, p + "ffn_gate_shexp.weight")) * mm(x, p + "ffn_up_shexp.weight")
+    shared = mm(shared, p + "ffn_down_shexp.weight")
     shared_gate = sigmoid(x @ w[p + "ffn_gate_inp_shexp.weight"].reshape(-1))
     return out + shared * shared_gate[:, None]
 
@@ -135,16 +137,53 @@ def snapshot(state: list[dict]) -> list[dict]:
 
 
 def forward(args: ModelArgs, weights: dict[str, np.ndarray], tokens: list[int],
-            state: list[dict] | None = None) -> np.ndarray:
-    """Logits [T, vocab] (float64) of `tokens`, continuing `state` (updated in place) or from position 0."""
+            state: list[dict] | None = None, activation_blocks: dict[str, int] | None = None) -> np.ndarray:
+    """Logits [T, vocab] (float64) of `tokens`, continuing `state` (updated in place) or from position 0.
+    activation_blocks: tensor name -> 256 or 32 for the weights whose inputs are rounded to 8 bits first (Q8_K or
+    Q8_0, as llama.cpp and localcoder's "q8" runtime do); the others see exact inputs."""
     state = new_state(args) if state is None else state
     w = {name: np.asarray(t, dtype=np.float64) for name, t in weights.items()}
+    mm = Projection(w, activation_blocks or {})
     h = w["token_embd.weight"][np.asarray(tokens)]
     for i in range(args.n_layer):
         p = f"blk.{i}."
         x = rms_norm(h, w[p + "attn_norm.weight"], args.eps)
         mixer = gated_delta_net if args.recurrent[i] else attention
-        h = h + mixer(x, w, p, args, state[i])
-        h = h + moe(rms_norm(h, w[p + "post_attention_norm.weight"], args.eps), w, p, args)
-    output = w.get("output.weight", w["token_embd.weight"])  # tied embeddings: llama.cpp reuses token_embd
-    return rms_norm(h, w["output_norm.weight"], args.eps) @ output.T
+        h = h + mixer(x, w, mm, p, args, state[i])
+        h = h + moe(rms_norm(h, w[p + "post_attention_norm.weight"], args.eps), w, mm, p, args)
+    output = "output.weight" if "output.weight" in w else "token_embd.weight"  # tied: llama.cpp reuses token_embd
+    return mm(rms_norm(h, w["output_norm.weight"], args.eps), output)
+
+
+class Projection:
+    """x @ W.T for a named weight (one expert of it with `expert`), the input first rounded as the weight's
+    activation block says."""
+
+    def __init__(self, weights: dict[str, np.ndarray], activation_blocks: dict[str, int]):
+        self.weights, self.blocks = weights, activation_blocks
+
+    def __call__(self, x: np.ndarray, name: str, expert: int | None = None) -> np.ndarray:
+        w = self.weights[name] if expert is None else self.weights[name][expert]
+        block = self.blocks.get(name)
+        return (x if block is None else round_activations(x, block)) @ w.T
+
+
+def round_activations(x: np.ndarray, block: int) -> np.ndarray:
+    """x (float64 [T, n]) as ggml's 8-bit activation formats hold it, computed in float32 as ggml does:
+    block 256 = Q8_K (scale max/-127 of the largest-magnitude value, round half to even, capped at 127),
+    block 32 = Q8_0 (x * 127/amax rounded half to even, scale amax/127 stored as float16)."""
+    x32 = np.asarray(x, np.float32).reshape(x.shape[0], -1, block)
+    if block == 256:
+        at = np.abs(x32).argmax(axis=-1)[..., None]
+        vmax = np.take_along_axis(x32, at, axis=-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iscale = np.float32(-127.0) / vmax
+            q = np.minimum(np.rint(iscale * x32), 127)
+            scale = np.where(vmax == 0, 0, np.float32(1.0) / iscale)
+        q = np.where(vmax == 0, 0, q)
+    else:
+        amax = np.abs(x32).max(axis=-1, keepdims=True)
+        with np.errstate(divide="ignore"):
+            q = np.rint(x32 * np.where(amax == 0, 0, np.float32(127.0) / amax))
+        scale = (amax / np.float32(127.0)).astype(np.float16)
+    return (q.astype(np.float64) * scale.astype(np.float64)).reshape(x.shape)

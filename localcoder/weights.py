@@ -14,6 +14,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from localcoder.errors import UserError
 from localcoder.gguf_model import ModelArgs
 from localcoder.kernels import cpu_matmul as K
+from localcoder.kernels import qdot as Q
+from localcoder.kernels.qdot import Activations
 
 T = GGMLQuantizationType
 
@@ -27,6 +29,7 @@ class Weight:
     raw: np.ndarray
     qtype: T
     shape: tuple[int, ...]
+    int8_activations: bool = True  # run on ggml's 8-bit activation formats where the type has a kernel for them
     _vector: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -37,9 +40,12 @@ class Weight:
     def nbytes(self) -> int:
         return int(self.raw.nbytes)
 
-    def matmul(self, x: np.ndarray) -> np.ndarray:
-        """x [T, cols] @ W.T -> [T, rows] (float32)."""
-        return K.matmul(self._rows_2d(), self.qtype, x)
+    def matmul(self, x: "np.ndarray | Activations") -> np.ndarray:
+        """x [T, cols] @ W.T -> [T, rows] (float32). Pass an Activations to share its quantization."""
+        acts = x if isinstance(x, Activations) else Activations(x)
+        if self._int8():
+            return Q.qmatmul(self._rows_2d(), self.qtype, acts.quantized(self.qtype))
+        return K.matmul(self._rows_2d(), self.qtype, acts.x)
 
     def rows(self, ids) -> np.ndarray:
         """float32 rows `ids` (the embedding lookup)."""
@@ -52,8 +58,12 @@ class Weight:
             self._vector = K.float_weights(self.raw.reshape(1, -1), self.qtype, n).reshape(-1).copy()
         return self._vector
 
-    def grouped_matmul(self, x: np.ndarray, experts, starts, src) -> np.ndarray:
+    def grouped_matmul(self, x: "np.ndarray | Activations", experts, starts, src) -> np.ndarray:
         """Per expert group g and slot s in starts[g]:starts[g+1]: W[experts[g]] @ x[src[s]] -> [slots, rows]."""
+        acts = x if isinstance(x, Activations) else Activations(x)
+        if self._int8():
+            return Q.grouped_qmatmul(self.raw, self.qtype, acts.quantized(self.qtype), experts, starts, src)
+        x = acts.x
         if self.qtype in K.FLOAT_TYPES:
             y = np.empty((int(starts[-1]), self.shape[1]), np.float32)
             for g, e in enumerate(experts):
@@ -63,6 +73,9 @@ class Weight:
                     y[slots] = np.asarray(x, np.float32)[src[slots]] @ w.T
             return y
         return K.grouped_matmul(self.raw, self.qtype, x, experts, starts, src)
+
+    def _int8(self) -> bool:
+        return self.int8_activations and Q.supports(self.qtype, self.cols)
 
     def _rows_2d(self) -> np.ndarray:
         return self.raw.reshape(self.shape[0], -1)
@@ -107,10 +120,10 @@ def map_prefaulted(path) -> np.ndarray:
     return np.frombuffer(mapped, dtype=np.uint8)
 
 
-def load_weights(reader, args: ModelArgs, populate: bool = True) -> dict[str, Weight]:
+def load_weights(reader, args: ModelArgs, populate: bool = True, int8_activations: bool = True) -> dict[str, Weight]:
     """The tensors of a gguf-py reader as Weights, checked against the geometry; a UserError names the first
     missing, misshapen or unsupported tensor. With `populate`, the file is mapped again with its pages
-    prefaulted (see map_prefaulted)."""
+    prefaulted (see map_prefaulted); `int8_activations` as in Weight."""
     tensors = {t.name: t for t in reader.tensors}
     whole = map_prefaulted(reader.data.filename) if populate else None
     for name in ("blk.0.ffn_gate_exps.weight", "blk.0.ffn_gate_shexp.weight"):
@@ -137,7 +150,7 @@ def load_weights(reader, args: ModelArgs, populate: bool = True) -> dict[str, We
         raw = t.data
         if whole is not None:
             raw = whole[t.data_offset:t.data_offset + t.n_bytes].view(t.data.dtype).reshape(t.data.shape)
-        weights[name] = Weight(name, raw, qtype, shape)
+        weights[name] = Weight(name, raw, qtype, shape, int8_activations)
     return weights
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gguf import GGMLQuantizationType as T
+from gguf import GGUFReader
 
 from localcoder.errors import UserError
 from localcoder.gguf_model import load_float_weights
@@ -63,37 +65,66 @@ def test_small_batches_and_snapshots(f32_files):
     assert np.array_equal(session.feed(tokens[100:], all_logits=True), rest)
 
 
+def activation_blocks(path) -> dict[str, int]:
+    """Which tensors the "q8" runtime feeds 8-bit activations, from the file's tensor types: K-quants take Q8_K
+    (256 values a block), Q8_0 takes Q8_0 (32); float tensors and the Q4_0/Q5_0/Q5_1 fallbacks take float32."""
+    k_quants = {T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K}
+    return {t.name: 256 if T(t.tensor_type) in k_quants else 32 for t in GGUFReader(path).tensors
+            if T(t.tensor_type) in k_quants | {T.Q8_0}}
+
+
+def mean_error(ours: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(ours - ref).mean())
+
+
 @pytest.mark.parametrize("file_type", ["Q4_K_M", "Q2_K", "Q3_K_M", "Q5_K_M", "Q6_K", "Q8_0"])
 def test_quantized_files_equal_the_reference_on_dequantized_weights(f32_files, tmp_path, file_type):
-    """Every block format, through llama.cpp's mixes (k256 has K-quant fallbacks to Q4_0/Q5_0/Q5_1/Q8_0)."""
+    """Every block format, through llama.cpp's mixes (k256 has K-quant fallbacks to Q4_0/Q5_0/Q5_1/Q8_0).
+
+    activations="f32": exact math, held to the float64 reference within 1e-4.
+    activations="q8" (the default): held to the same reference with the inputs of the quantized weights rounded
+    as ggml rounds them (reference.round_activations). That comparison cannot be tight on whole models: an
+    activation that float32 and float64 put on opposite sides of a rounding boundary moves by 1/254 of its block's
+    range, and these random models amplify such flips layer after layer (they are 1-5% of the largest logit
+    here). So the check is relative: the runtime must sit at most half as far from the 8-bit reference as the
+    8-bit reference is from exact math (a wrong scheme - block size, rounding, sums, scales - lands as far or
+    further). The kernels themselves are held tightly to ggml's in test_qdot.py."""
     f32, tokens, _ = f32_files("k256")
     path = quantize_model(f32, tmp_path / "q.gguf", file_type, show_progress=False).out
     args, weights = load_float_weights(path)
-    ref = forward(args, weights, tokens[:80])
-    model = Model.load(path)
-    assert max_relative_error(model.logits(tokens[:80]), ref) < BOUND
-    session = model.new_session()
-    session.feed(tokens[:60])
-    decoded = np.stack([session.feed([t]) for t in tokens[60:80]])
-    assert max_relative_error(decoded, ref[60:80]) < BOUND
+    exact = forward(args, weights, tokens[:80])
+    rounded = forward(args, weights, tokens[:80], activation_blocks=activation_blocks(path))
+    for activations, ref in (("f32", exact), ("q8", rounded)):
+        model = Model.load(path, activations=activations)
+        prefill = model.logits(tokens[:80])
+        session = model.new_session()
+        session.feed(tokens[:60])
+        decoded = np.stack([session.feed([t]) for t in tokens[60:80]])
+        if activations == "f32":
+            assert max_relative_error(prefill, ref) < BOUND
+            assert max_relative_error(decoded, ref[60:80]) < BOUND
+        else:
+            assert mean_error(prefill, ref) < 0.5 * mean_error(ref, exact)
+            assert mean_error(decoded, ref[60:80]) < 0.5 * mean_error(ref[60:80], exact[60:80])
 
 
 def test_quantized_logits_against_llama_cpp_on_the_same_file(f32_files, tmp_path):
-    """llama.cpp quantizes activations to 8 bits (Q8_K / Q8_0) in its dot products; localcoder keeps them float32.
-    On the same Q4_K_M file our logits are exact (the reference on dequantized weights), so they must sit no
-    further from llama.cpp's than the exact ones do; and llama.cpp's own distance from exact stays within what
-    8-bit activations cost on these random models (a misread tensor would be far beyond it)."""
+    """llama.cpp rounds activations to 8 bits (Q8_K / Q8_0) in its CPU dot products, as the default "q8" runtime
+    does. On the same Q4_K_M file, the q8 runtime must be closer to llama.cpp than exact math is, and the exact
+    ("f32") runtime equal to exact math; llama.cpp's own distance from exact stays within what 8-bit activations
+    cost on these random models (a misread tensor would be far beyond it)."""
     f32, tokens, _ = f32_files("realheads")
     path = quantize_model(f32, tmp_path / "q.gguf", "Q4_K_M", show_progress=False).out
     tokens = tokens[:80]
     args, weights = load_float_weights(path)
     exact = forward(args, weights, tokens)
     theirs = llama_cpp_logits(path, tokens)
+    ours_exact = Model.load(path, activations="f32").logits(tokens)
     ours = Model.load(path).logits(tokens)
-    assert max_relative_error(ours, exact) < BOUND
-    assert max_relative_error(ours, theirs) <= max_relative_error(exact, theirs) + BOUND
+    assert max_relative_error(ours_exact, exact) < BOUND
+    assert mean_error(ours, theirs) < mean_error(exact, theirs)
+    assert max_relative_error(ours, theirs) < max_relative_error(exact, theirs)
     assert max_relative_error(theirs, exact) < 0.3
-    assert (ours.argmax(axis=1) == exact.argmax(axis=1)).all()
 
 
 def test_bad_inputs_are_clear_errors(f32_files, tmp_path):
@@ -107,6 +138,8 @@ def test_bad_inputs_are_clear_errors(f32_files, tmp_path):
         model.new_session().feed([])
     with pytest.raises(UserError, match="outside 1.."):
         Model.load(path, n_ctx=10 ** 9)
+    with pytest.raises(UserError, match="activations must be"):
+        Model.load(path, activations="int4")
     truncated = tmp_path / "cut.gguf"
     truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(UserError):
