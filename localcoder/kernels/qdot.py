@@ -4,8 +4,8 @@ Activations are rounded to 8 bits per block exactly as ggml does before its vec_
 - Q8_K (for Q2_K..Q6_K weights): per 256 values one float32 scale d = max/-127 (max = the value of largest
   magnitude), q = round-half-even(x * -127/max) capped at 127, and the sums of q per 16 values (bsums).
 - Q8_0 (for Q8_0 weights): per 32 values, q = round(x * 127/amax), scale amax/127 rounded to float16.
-Each weight block is then dotted in integers (simd.dot32_halves / dot32_signed: VPDPBUSD on AVX-512 VNNI) and the
-block's scales applied once: sum_blocks d_act * (d * sum_j sc_j * dot_j - dmin * sum_j m_j * bsum_j).
+Each weight block is then dotted in integers (simd.make_block_dot / dot32_signed: VPMADDUBSW + VPMADDWD on x86) and
+the block's scales applied once: sum_blocks d_act * (d * sum_j sc_j * dot_j - dmin * sum_j m_j * bsum_j).
 Integer sums are exact, so the results equal ggml_vec_dot_*_q8_K up to the order of float additions; the tests hold
 them to ggml through ctypes and to `qmatmul_reference`, the numpy meaning of the whole scheme.
 
@@ -21,7 +21,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from numba import njit, prange
 
-from localcoder.kernels.simd import Field, Scales, dot32_signed, f16_at, make_block_dot, make_bsum_dot, u32_at
+from localcoder.kernels.simd import Field, Scales, dot32_signed, f16_at, make_block_dot, make_bsum_dot
 from quant.ksearch import fp16_round
 from quant.quantize import dequantize, qtype_of
 

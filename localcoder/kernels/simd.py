@@ -1,15 +1,16 @@
 """Integer dot products on 8-bit data, written as LLVM vector IR inside numba (`numba.extending.intrinsic`).
 
-    block_dot = make_block_dot(groups)   # groups: 8 Field tuples, one per 32 values of a 256-value block
-    block_dot(w, o, q, qo, sc, so) = sum_g sum_{i<32} value_g(i) * q[qo + 32 g + i] * sc[so + 2 g + i // 16]
+    block_dot = make_block_dot(groups, scales)   # groups: 8 Fields, one per 32 values of a 256-value block
+    block_dot(w, o, q, qo) = sum_g sum_{i<32} value_g(i) * q[qo + 32 g + i] * scale[2 g + i // 16]
         value_g(i) = ((w[o + g.low + i] >> g.shift) & g.mask) | (((w[o + g.high + i] >> g.hshift) & g.hmask) << g.hshl)
-    dot16_i16_i32(a, ao, b, bo)  = sum_{i<16} a[ao + i] * b[bo + i]
-    dot32_signed(w, wo, q, qo)   = sum_{i<32} int8(w[wo + i]) * q[qo + i]
+        scale: the block's 16 (or 8, one per 32 values) integer scales, as `scales` (a Scales) says
+    bsum_dot = make_bsum_dot(scales);  bsum_dot(w, o, bs, bo) = sum_{j<16} scale_j * bs[bo + j]
+    dot32_signed(w, wo, q, qo) = sum_{i<32} int8(w[wo + i]) * q[qo + i]
+    f16_at(w, o) = float32 of the binary16 at bytes w[o:o+2] (any offset)
 
-w: uint8 weight bytes, q: int8 quantized activations, sc: int16 scales (one per 16 values); offsets count elements
-of the flattened C-contiguous arrays, and the caller keeps them in bounds (there is no check). A K-quant block is
-8 groups of 32 values, each a bit field of one byte array plus optionally high bits from another: Q4_K (nibbles),
-Q5_K (nibble + 1 bit), Q6_K (nibble + 2 bits), Q2_K (2 bits), Q3_K (2 bits + 1 bit) all fit `Field`.
+w: uint8 weight bytes, q: int8 quantized activations, bs: int32 activation sums; offsets count elements of the
+flattened C-contiguous arrays, and the caller keeps them in bounds (there is no check). Q4_K (nibbles), Q5_K
+(nibble + 1 bit), Q6_K (nibble + 2 bits), Q2_K (2 bits) and Q3_K (2 bits + 1 bit) all fit `Field`.
 
 Why IR and not numba loops: a 32-value integer reduction written as a loop stays scalar (LLVM's vectoriser wants
 64 values per step), which made the int8 scheme 10x slower than float32 in plain numba. Here each group is one
@@ -17,8 +18,9 @@ Why IR and not numba loops: a 32-value integer reduction written as a loop stays
 On x86 with AVX2 the multiply-adds are VPMADDUBSW (u8 x s8 -> adjacent pairs summed to i16) and VPMADDWD (i16 x
 scale -> pairs summed to i32), llama.cpp's own sequence; elsewhere the same arithmetic is written in generic IR
 (even/odd lanes widened, multiplied and added), which every LLVM target lowers. The two agree exactly because no
-i16 sum can saturate: weight values are at most 6 bits (63 * 127 * 2 < 32767). `block_dot_reference` is the numpy
-meaning; tests hold both lowerings to it.
+i16 sum can saturate: weight values are at most 6 bits (63 * 128 * 2 < 32767). On AVX-512BW hosts two groups go
+through one 512-bit instruction. `block_dot_reference` / `scales_reference` are the numpy meaning; tests hold every
+lowering to them.
 """
 
 from __future__ import annotations
@@ -243,15 +245,6 @@ def f16_at(typingctx, w, o):
         return builder.fpext(half, ir.FloatType())
 
     return types.float32(w, o), codegen
-
-
-@intrinsic
-def u32_at(typingctx, w, o):
-    """The little-endian uint32 at bytes w[o:o+4] (one unaligned load)."""
-    def codegen(context, builder, sig, args):
-        return _scalar_at(context, builder, sig.args[0], args[0], args[1], _I32)
-
-    return types.uint32(w, o), codegen
 
 
 @intrinsic
