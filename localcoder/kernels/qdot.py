@@ -34,7 +34,7 @@ TILE = 8  # weight rows per parallel job; each job dots them with every slot of 
 @dataclass
 class QuantizedActivations:
     """Rows of activations in one of ggml's 8-bit activation formats: q int8 [T, cols], d float32 [T, blocks],
-    bsums int32 [T, cols // 16] (Q8_K only; empty for Q8_0)."""
+    bsums int32 [T, cols // 16] (Q8_K; zeros [T, 1] for Q8_0, which has none)."""
 
     block: int
     q: np.ndarray
@@ -128,7 +128,7 @@ def quantize_activations(x: np.ndarray, qtype) -> QuantizedActivations:
     q, d = np.empty((n, cols), np.int8), np.empty((n, cols // block), F)
     if block == 32:
         _quantize_q8_0(x, q, d)
-        return QuantizedActivations(32, q, d, np.zeros((n, 0), np.int32))
+        return QuantizedActivations(32, q, d, np.zeros((n, 1), np.int32))
     bsums = np.empty((n, cols // 16), np.int32)
     _quantize_q8_k(x, q, d, bsums)
     return QuantizedActivations(256, q, d, bsums)
@@ -219,9 +219,8 @@ def grouped_qmatmul(raw: np.ndarray, qtype, acts: QuantizedActivations, experts,
         raise ValueError(f"{qt.name} rows of {raw.shape[-1]} bytes cannot take {cols} Q8 activations")
     experts, starts, src = (np.ascontiguousarray(a, dtype=np.int64) for a in (experts, starts, src))
     y = np.empty((int(starts[-1]), raw.shape[1]), F)
-    bs = acts.bsums if acts.bsums.shape[1] else np.zeros((acts.q.shape[0], 1), np.int32)
     _grouped(KINDS[qt], raw.reshape(-1), raw.shape[1], raw.shape[2], experts, starts[:-1], starts[1:], src,
-             acts.q, acts.d, bs, y)
+             acts.q, acts.d, acts.bsums, y)
     return y
 
 

@@ -25,6 +25,7 @@ lowering to them.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import NamedTuple
 
 import numpy as np
@@ -53,6 +54,7 @@ class Field(NamedTuple):
     hshl: int = 0
 
 
+@cache
 def _lowering() -> str:
     """How block_dot multiplies on this host: "avx512" (two groups per VPMADDUBSW/VPMADDWD on 512-bit registers,
     AVX-512BW), "avx2" (one group per 256-bit pair), or "generic" IR for LLVM to lower."""
