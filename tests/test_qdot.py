@@ -123,11 +123,18 @@ def test_quantized_activations_refuse_ragged_rows():
 
 
 def _block_kernel(block_dot, bsum_dot):
+    """Every block against three token rows at once, and against the middle one alone (decode's 1-tuple)."""
     @njit
     def run(w, q, bs, out):
-        for b in range(out.shape[0]):
-            out[b, 0] = block_dot(w, b * (w.shape[0] // out.shape[0]), q, 256 * b)
-            out[b, 1] = bsum_dot(w, b * (w.shape[0] // out.shape[0]), bs, 16 * b)
+        n = out.shape[0]
+        size, q_row, bs_row = w.shape[0] // n, 256 * n, 16 * n
+        for b in range(n):
+            dots = block_dot(w, b * size, q, (0, q_row, 2 * q_row), 256 * b)
+            sums = bsum_dot(w, b * size, bs, (0, bs_row, 2 * bs_row), 16 * b)
+            for k in range(3):
+                out[b, k, 0], out[b, k, 1] = dots[k], sums[k]
+            out[b, 3, 0] = block_dot(w, b * size, q, (q_row,), 256 * b)[0]
+            out[b, 3, 1] = bsum_dot(w, b * size, bs, (bs_row,), 16 * b)[0]
     return run
 
 
@@ -143,14 +150,17 @@ def test_block_dot_lowerings_equal_numpy(kind, lowering):
     layout, (scales, mins) = qdot.LAYOUTS[kind], qdot.SCALES[kind]
     run = _block_kernel(simd.make_block_dot(layout, scales, lowering), simd.make_bsum_dot(mins))
     w = rng(6, kind).integers(0, 256, n * size).astype(np.uint8)
-    q = rng(7, kind).integers(-128, 128, 256 * n).astype(np.int8)  # -128 too: ggml's Q8_K can hold it
-    bs = rng(8, kind).integers(-2048, 2048, 16 * n).astype(np.int32)
-    out = np.zeros((n, 2), np.int64)
-    run(w, q, bs, out)
+    q = rng(7, kind).integers(-128, 128, (3, 256 * n)).astype(np.int8)  # -128 too: ggml's Q8_K can hold it
+    bs = rng(8, kind).integers(-2048, 2048, (3, 16 * n)).astype(np.int32)
+    out = np.zeros((n, 4, 2), np.int64)
+    run(w, q.reshape(-1), bs.reshape(-1), out)
     for b in range(n):
         block = w[b * size:(b + 1) * size]
-        assert out[b, 0] == simd.block_dot_reference(layout, scales, block, q[256 * b:256 * (b + 1)]), qt.name
-        assert out[b, 1] == int((simd.scales_reference(mins, block) * bs[16 * b:16 * (b + 1)]).sum()), qt.name
+        for k, token in enumerate([0, 1, 2, 1]):
+            expected = simd.block_dot_reference(layout, scales, block, q[token, 256 * b:256 * (b + 1)])
+            assert out[b, k, 0] == expected, qt.name
+            expected = int((simd.scales_reference(mins, block) * bs[token, 16 * b:16 * (b + 1)]).sum())
+            assert out[b, k, 1] == expected, qt.name
 
 
 def test_f16_loads():

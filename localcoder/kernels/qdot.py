@@ -29,6 +29,7 @@ T = GGMLQuantizationType
 F = np.float32
 KINDS = {T.Q2_K: 2, T.Q3_K: 3, T.Q4_K: 4, T.Q5_K: 5, T.Q6_K: 6, T.Q8_0: 8}
 TILE = 8  # weight rows per parallel job; each job dots them with every slot of its group
+TOKENS = 4  # slots dotted together with one unpacking of each weight block (the tuples in _grouped are this long)
 
 
 @dataclass
@@ -163,50 +164,73 @@ _DOTS = {k: (make_block_dot(LAYOUTS[k], SCALES[k][0]), make_bsum_dot(SCALES[k][1
 
 
 @njit(cache=True, inline="always")
-def _block_dot(kind, w, ob, q, qo, bs, bo):
-    """One weight block (bytes from w[ob]) against one activation block, before the activation's scale:
-    d * block_dot - dmin * bsum_dot (dmin: the mins' scale, or d times the value offset)."""
+def _block_parts(kind, w, ob, q, qs, at, bs, bss, bat):
+    """One weight block (bytes from w[ob]) against the activation block of each token (rows qs of q, bss of bs):
+    (integer dots, integer sums, d, m) such that each token's block product, before the activation's scale, is
+    d * dot - m * sum (m: the mins' scale, or d times the format's value offset; 0 for Q8_0)."""
     if kind == 4:
-        return f16_at(w, ob) * F(_dot_q4_k(w, ob, q, qo)) - f16_at(w, ob + 2) * F(_bsum_q4_k(w, ob, bs, bo))
+        return _dot_q4_k(w, ob, q, qs, at), _bsum_q4_k(w, ob, bs, bss, bat), f16_at(w, ob), f16_at(w, ob + 2)
     if kind == 6:
-        return f16_at(w, ob + 208) * F(_dot_q6_k(w, ob, q, qo) - 32 * _bsum_q6_k(w, ob, bs, bo))
+        d = f16_at(w, ob + 208)
+        return _dot_q6_k(w, ob, q, qs, at), _bsum_q6_k(w, ob, bs, bss, bat), d, F(32.0) * d
     if kind == 5:
-        return f16_at(w, ob) * F(_dot_q5_k(w, ob, q, qo)) - f16_at(w, ob + 2) * F(_bsum_q5_k(w, ob, bs, bo))
+        return _dot_q5_k(w, ob, q, qs, at), _bsum_q5_k(w, ob, bs, bss, bat), f16_at(w, ob), f16_at(w, ob + 2)
     if kind == 8:
-        return f16_at(w, ob) * F(dot32_signed(w, ob + 2, q, qo))
+        dots = dot32_signed(w, ob + 2, q, qs, at)
+        return dots, dots, f16_at(w, ob), F(0.0)
     if kind == 2:
-        return f16_at(w, ob + 80) * F(_dot_q2_k(w, ob, q, qo)) - f16_at(w, ob + 82) * F(_bsum_q2_k(w, ob, bs, bo))
-    return f16_at(w, ob + 108) * F(_dot_q3_k(w, ob, q, qo) - 4 * _bsum_q3_k(w, ob, bs, bo))
+        return _dot_q2_k(w, ob, q, qs, at), _bsum_q2_k(w, ob, bs, bss, bat), f16_at(w, ob + 80), f16_at(w, ob + 82)
+    d = f16_at(w, ob + 108)
+    return _dot_q3_k(w, ob, q, qs, at), _bsum_q3_k(w, ob, bs, bss, bat), d, F(4.0) * d
 
 
 @njit(cache=True, inline="always")
-def _row_dot(kind, w, o, n_blocks, q, qo, d, do, bs, bo):
-    """One weight row (bytes from w[o]) dotted with one activation row (q[qo:], d[do:], bs[bo:]). Each block's
-    scales are decoded right before its dot product, so a row streams from memory once and in order (a separate
-    pass over the scales first left the hardware prefetcher behind: 13 instead of 35 GB/s on a big matrix)."""
-    acc = F(0.0)
+def _row_dots(kind, w, o, n_blocks, q, qs, d, ds, bs, bss, acc):
+    """One weight row (bytes from w[o]) dotted with the activation row of each token (q[qs[k]:], d[ds[k]:],
+    bs[bss[k]:]) into acc[k]. Each block's scales are decoded right before its dot products, so a row streams from
+    memory once and in order (a separate pass over the scales first left the hardware prefetcher behind: 13
+    instead of 35 GB/s on a big matrix)."""
     size, values = BLOCK_BYTES_K[kind], 32 if kind == 8 else 256
+    for k in range(len(qs)):
+        acc[k] = 0
     for b in range(n_blocks):
-        acc += d[do + b] * _block_dot(kind, w, o + size * b, q, qo + values * b, bs, bo + 16 * b)
-    return acc
+        dots, sums, dw, m = _block_parts(kind, w, o + size * b, q, qs, values * b, bs, bss, 16 * b)
+        for k in range(len(qs)):
+            acc[k] += d[ds[k] + b] * (dw * F(dots[k]) - m * F(sums[k]))
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _grouped(kind, w, rows, row_bytes, experts, begins, ends, src, q, d, bs, y):
     """y[s, r] = row r of expert experts[g] . activations src[s], for the slots s in begins[g]:ends[g].
     w: all weight bytes, flat ([E, rows, row_bytes] in C order). A job is TILE rows of one group: its weight
-    bytes stay in L1 while every slot of the group passes over them."""
+    bytes stay in L1 while the group's slots pass over them, TOKENS at a time (each weight block is unpacked once
+    per TOKENS slots), then one by one."""
     n_tiles = (rows + TILE - 1) // TILE
     cols, n_blocks, n_bsums = q.shape[1], d.shape[1], bs.shape[1]
     qf, df, bf = q.reshape(-1), d.reshape(-1), bs.reshape(-1)
     for job in prange(experts.shape[0] * n_tiles):
         g, tile = job // n_tiles, job % n_tiles
         base = experts[g] * rows * row_bytes
-        for s in range(begins[g], ends[g]):
-            t = src[s]
-            for r in range(tile * TILE, min(rows, tile * TILE + TILE)):
-                y[s, r] = _row_dot(kind, w, base + r * row_bytes, n_blocks, qf, t * cols, df, t * n_blocks, bf,
-                                   t * n_bsums)
+        acc = np.empty(TOKENS, F)
+        s = begins[g]
+        while s < ends[g]:
+            if s + TOKENS <= ends[g]:
+                t = (src[s], src[s + 1], src[s + 2], src[s + 3])
+                qs = (t[0] * cols, t[1] * cols, t[2] * cols, t[3] * cols)
+                ds = (t[0] * n_blocks, t[1] * n_blocks, t[2] * n_blocks, t[3] * n_blocks)
+                bss = (t[0] * n_bsums, t[1] * n_bsums, t[2] * n_bsums, t[3] * n_bsums)
+                for r in range(tile * TILE, min(rows, tile * TILE + TILE)):
+                    _row_dots(kind, w, base + r * row_bytes, n_blocks, qf, qs, df, ds, bf, bss, acc)
+                    for k in range(TOKENS):
+                        y[s + k, r] = acc[k]
+                s += TOKENS
+            else:
+                t1 = src[s]
+                for r in range(tile * TILE, min(rows, tile * TILE + TILE)):
+                    _row_dots(kind, w, base + r * row_bytes, n_blocks, qf, (t1 * cols,), df, (t1 * n_blocks,), bf,
+                              (t1 * n_bsums,), acc)
+                    y[s, r] = acc[0]
+                s += 1
 
 
 def grouped_qmatmul(raw: np.ndarray, qtype, acts: QuantizedActivations, experts, starts, src) -> np.ndarray:

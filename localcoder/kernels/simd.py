@@ -1,15 +1,17 @@
 """Integer dot products on 8-bit data, written as LLVM vector IR inside numba (`numba.extending.intrinsic`).
 
     block_dot = make_block_dot(groups, scales)   # groups: 8 Fields, one per 32 values of a 256-value block
-    block_dot(w, o, q, qo) = sum_g sum_{i<32} value_g(i) * q[qo + 32 g + i] * scale[2 g + i // 16]
+    block_dot(w, o, q, starts, at)[k] = sum_g sum_{i<32} value_g(i) * q[starts[k] + at + 32 g + i] * scale[2 g + i // 16]
         value_g(i) = ((w[o + g.low + i] >> g.shift) & g.mask) | (((w[o + g.high + i] >> g.hshift) & g.hmask) << g.hshl)
         scale: the block's 16 (or 8, one per 32 values) integer scales, as `scales` (a Scales) says
-    bsum_dot = make_bsum_dot(scales);  bsum_dot(w, o, bs, bo) = sum_{j<16} scale_j * bs[bo + j]
-    dot32_signed(w, wo, q, qo) = sum_{i<32} int8(w[wo + i]) * q[qo + i]
+    bsum_dot = make_bsum_dot(scales);  bsum_dot(w, o, bs, starts, at)[k] = sum_{j<16} scale_j * bs[starts[k] + at + j]
+    dot32_signed(w, wo, q, starts, at)[k] = sum_{i<32} int8(w[wo + i]) * q[starts[k] + at + i]
     f16_at(w, o) = float32 of the binary16 at bytes w[o:o+2] (any offset)
 
 w: uint8 weight bytes, q: int8 quantized activations, bs: int32 activation sums; offsets count elements of the
-flattened C-contiguous arrays, and the caller keeps them in bounds (there is no check). Q4_K (nibbles), Q5_K
+flattened C-contiguous arrays, and the caller keeps them in bounds (there is no check). `starts` is a tuple of
+activation rows (one per token; a 1-tuple for decode) and the results a tuple of int32 as long: one weight block
+is loaded and unpacked once for all the tokens, which is what makes prefill cheaper per token than decode. Q4_K (nibbles), Q5_K
 (nibble + 1 bit), Q6_K (nibble + 2 bits), Q2_K (2 bits) and Q3_K (2 bits + 1 bit) all fit `Field`.
 
 Why IR and not numba loops: a 32-value integer reduction written as a loop stays scalar (LLVM's vectoriser wants
@@ -163,19 +165,36 @@ def _scale_vector(context, builder, sig, args, scales: Scales):
     return wide
 
 
+def _token_offsets(builder, starts, starts_type, at) -> list:
+    """starts[k] + at for each token k of the UniTuple `starts` (both intp, see _per_token_signature)."""
+    return [builder.add(builder.extract_value(starts, k), at) for k in range(starts_type.count)]
+
+
+def _per_token_signature(w, o, acts, starts, at):
+    """int32 per token, or None (not typed) unless `starts` is a UniTuple of integers and `at` an integer; both
+    are taken as intp (numba casts the arguments)."""
+    if not (isinstance(starts, types.UniTuple) and isinstance(starts.dtype, types.Integer)
+            and isinstance(at, types.Integer)):
+        return None
+    return types.UniTuple(types.int32, starts.count)(w, o, acts, types.UniTuple(types.intp, starts.count),
+                                                     types.intp)
+
+
 def make_block_dot(groups: tuple[Field, ...], scales: Scales, lowering: str | None = None):
-    """block_dot(w, o, q, qo): sum over the 8 groups of scale * value * activation, for one block layout. lowering: None
-    picks the host's best (see _lowering); "avx512", "avx2" or "generic" force one (tests)."""
+    """block_dot(w, o, q, starts, at): one weight block against the activation block of each token (see the module
+    docstring), weights and scales unpacked once for all of them. lowering: None picks the host's best (see
+    _lowering); "avx512", "avx2" or "generic" force one (tests)."""
     lowering = lowering or _lowering()
     assert len(groups) == 8
 
     @intrinsic
-    def block_dot(typingctx, w, o, q, qo):
-        signature = types.int32(w, o, q, qo)
+    def block_dot(typingctx, w, o, q, starts, at):
+        signature = _per_token_signature(w, o, q, starts, at)
 
         def codegen(context, builder, sig, args):
-            w_, o_, q_, qo_ = args
+            w_, o_, q_ = args[:3]
             w_type, q_type = sig.args[0], sig.args[2]
+            token_offsets = _token_offsets(builder, args[3], sig.args[3], args[4])
             scale_lanes = _scale_vector(context, builder, sig, args, scales)
 
             def values(g: int):
@@ -193,41 +212,49 @@ def make_block_dot(groups: tuple[Field, ...], scales: Scales, lowering: str | No
                                                      [2 * g] * 8 + [2 * g + 1] * 8])
 
             step = 2 if lowering == "avx512" else 1  # groups per multiply-add
-            acc = ir.Constant(_vec(_I32, 8 * step), [0] * 8 * step)
+            accs = [ir.Constant(_vec(_I32, 8 * step), [0] * 8 * step)] * len(token_offsets)
             for g in range(0, 8, step):
                 v = values(g) if step == 1 else builder.shuffle_vector(
                     values(g), values(g + 1), ir.Constant(_vec(_I32, 64), list(range(64))))
-                acts = _load(context, builder, q_type, q_, _const_offset(builder, qo_, 32 * g), _vec(_I8, 32 * step))
                 scale = scale_of(g, step)
-                if lowering == "avx512":
-                    pairs = _madd_x86(builder, "llvm.x86.avx512.pmaddubs.w.512", _vec(_I16, 32), v, acts)
-                    quads = _madd_x86(builder, "llvm.x86.avx512.pmaddw.d.512", _vec(_I32, 16), pairs, scale)
-                elif lowering == "avx2":
-                    pairs = _madd_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _vec(_I16, 16), v, acts)
-                    quads = _madd_x86(builder, "llvm.x86.avx2.pmadd.wd", _vec(_I32, 8), pairs, scale)
-                else:
-                    pairs = _pairs_generic(builder, v, acts, builder.zext, builder.sext, _I16)
-                    quads = _pairs_generic(builder, pairs, scale, builder.sext, builder.sext, _I32)
-                acc = builder.add(acc, quads)
-            return _reduce_add(builder, acc)
+                for i, qo_ in enumerate(token_offsets):
+                    acts = _load(context, builder, q_type, q_, _const_offset(builder, qo_, 32 * g),
+                                 _vec(_I8, 32 * step))
+                    accs[i] = builder.add(accs[i], _madd_pairs(builder, lowering, v, acts, scale))
+            return context.make_tuple(builder, sig.return_type, [_reduce_add(builder, a) for a in accs])
 
         return signature, codegen
 
     return block_dot
 
 
+def _madd_pairs(builder, lowering: str, values, acts, scale):
+    """values (u8) x acts (s8), adjacent pairs summed to i16, times the i16 scales, pairs summed to i32."""
+    if lowering == "avx512":
+        pairs = _madd_x86(builder, "llvm.x86.avx512.pmaddubs.w.512", _vec(_I16, 32), values, acts)
+        return _madd_x86(builder, "llvm.x86.avx512.pmaddw.d.512", _vec(_I32, 16), pairs, scale)
+    if lowering == "avx2":
+        pairs = _madd_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _vec(_I16, 16), values, acts)
+        return _madd_x86(builder, "llvm.x86.avx2.pmadd.wd", _vec(_I32, 8), pairs, scale)
+    pairs = _pairs_generic(builder, values, acts, builder.zext, builder.sext, _I16)
+    return _pairs_generic(builder, pairs, scale, builder.sext, builder.sext, _I32)
+
+
 def make_bsum_dot(scales: Scales):
-    """bsum_dot(w, o, bs, bo) = sum_{j<16} scale_j * bs[bo + j]: a block's mins (or value offsets) against
-    the activation sums per 16 values (Q8_K bsums, int32)."""
+    """bsum_dot(w, o, bs, starts, at)[k] = sum_{j<16} scale_j * bs[starts[k] + at + j]: a block's mins (or value
+    offsets) against each token's activation sums per 16 values (Q8_K bsums, int32), scales unpacked once."""
 
     @intrinsic
-    def bsum_dot(typingctx, w, o, bs, bo):
-        signature = types.int32(w, o, bs, bo)
+    def bsum_dot(typingctx, w, o, bs, starts, at):
+        signature = _per_token_signature(w, o, bs, starts, at)
 
         def codegen(context, builder, sig, args):
             lanes = builder.sext(_scale_vector(context, builder, sig, args, scales), _vec(_I32, 16))
-            sums = _load(context, builder, sig.args[2], args[2], args[3], _vec(_I32, 16))
-            return _reduce_add(builder, builder.mul(lanes, sums))
+            sums = []
+            for bo in _token_offsets(builder, args[3], sig.args[3], args[4]):
+                activation_sums = _load(context, builder, sig.args[2], args[2], bo, _vec(_I32, 16))
+                sums.append(_reduce_add(builder, builder.mul(lanes, activation_sums)))
+            return context.make_tuple(builder, sig.return_type, sums)
 
         return signature, codegen
 
@@ -250,14 +277,17 @@ def f16_at(typingctx, w, o):
 
 
 @intrinsic
-def dot32_signed(typingctx, w, wo, q, qo):
-    signature = types.int32(w, wo, q, qo)
+def dot32_signed(typingctx, w, wo, q, starts, at):
+    """32 int8 weights against 32 int8 activations of each token (Q8_0 x Q8_0)."""
+    signature = _per_token_signature(w, wo, q, starts, at)
 
     def codegen(context, builder, sig, args):
-        w_, wo_, q_, qo_ = args
-        x = _load(context, builder, sig.args[0], w_, wo_, _vec(_I8, 32))
-        y = _load(context, builder, sig.args[2], q_, qo_, _vec(_I8, 32))
-        return _reduce_add(builder, builder.mul(builder.sext(x, _vec(_I32, 32)), builder.sext(y, _vec(_I32, 32))))
+        x = builder.sext(_load(context, builder, sig.args[0], args[0], args[1], _vec(_I8, 32)), _vec(_I32, 32))
+        sums = []
+        for qo in _token_offsets(builder, args[3], sig.args[3], args[4]):
+            y = _load(context, builder, sig.args[2], args[2], qo, _vec(_I8, 32))
+            sums.append(_reduce_add(builder, builder.mul(x, builder.sext(y, _vec(_I32, 32)))))
+        return context.make_tuple(builder, sig.return_type, sums)
 
     return signature, codegen
 
