@@ -9,12 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from localcoder.gguf_model import ModelArgs
-from localcoder.kernels.deltanet import delta_rule_chunked, delta_rule_recurrent
+from localcoder.kernels.deltanet import delta_rule_recurrent
 from localcoder.kernels.qdot import Activations
 from localcoder.reference import L2_EPS, rms_norm, rope_neox, sigmoid, silu, softplus  # dtype-preserving
 
 F = np.float32
-RECURRENT_MAX_TOKENS = 16  # feeds up to this many tokens use the recurrent delta rule, longer ones the chunked form
 SCORES_BUDGET = 1 << 24  # attention scores kept at once (64 MiB of float32): long contexts go by query blocks
 
 
@@ -110,8 +109,8 @@ def gated_delta_net(x: np.ndarray, w: dict, args: ModelArgs, state: dict) -> np.
     k = np.ascontiguousarray(np.repeat(k, r, axis=1))
     beta = sigmoid(b)
     g = (w["ssm_a"].vector() * softplus(a + w["ssm_dt.bias"].vector())).astype(F)
-    rule = delta_rule_recurrent if n_tok <= RECURRENT_MAX_TOKENS else delta_rule_chunked
-    out = rule(q, k, v, np.ascontiguousarray(g), np.ascontiguousarray(beta), state["S"])
+    # recurrent at every length: on the CPU it beats the chunked matrix form 7x at 256 tokens (kernels/deltanet.py)
+    out = delta_rule_recurrent(q, k, v, np.ascontiguousarray(g), np.ascontiguousarray(beta), state["S"])
     y = rms_norm(out, w["ssm_norm.weight"].vector(), args.eps) * silu(z)
     return w["ssm_out.weight"].matmul(y.reshape(n_tok, nv * dv))
 

@@ -1,4 +1,4 @@
-"""The gated delta rule, two ways: recurrent (numba, for decode) and chunked (numpy BLAS, for prefill).
+"""The gated delta rule, two ways: recurrent (numba; what the CPU runtime runs) and chunked (numpy BLAS).
 
 Per value head h and token t, with S the [dk, dv] state, q already scaled by 1/sqrt(dk):
 
@@ -7,6 +7,10 @@ Per value head h and token t, with S the [dk, dv] state, q already scaled by 1/s
 `delta_rule_reference` is that loop in float64 numpy. The chunked form (transformers' torch_chunk_gated_delta_rule,
 reference/qwen3next.md 3.3) processes 64 tokens at a time with matrix products: within a chunk the recurrence is a
 unit lower-triangular system solved once, across chunks the state carries over. Both update S in place.
+On the CPU the recurrent loop wins at every length (2 cores, 32 heads of 128: 256 tokens 9 ms against 66 ms,
+1024 tokens 51 against 340): it does fewer operations per token (3 dk*dv against ~4.5) on a state that stays in
+cache, so the runtime uses it for prefill too. The chunked form is the one matrix hardware wants (the GPU
+backend's prefill), kept here as its tested float32 model.
 Shapes: q, k [T, nv, dk]; v [T, nv, dv]; g, beta [T, nv]; S [nv, dk, dv]; returns o [T, nv, dv].
 """
 
