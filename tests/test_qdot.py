@@ -122,45 +122,48 @@ def test_quantized_activations_refuse_ragged_rows():
         qdot.qmatmul(raw, T.Q4_K, qdot.quantize_activations(np.ones((1, 256), np.float32), T.Q4_K))
 
 
-def _block_kernel(block_dot, bsum_dot):
-    """Every block against three token rows at once, and against the middle one alone (decode's 1-tuple)."""
+def _block_kernel(accumulate):
+    """Every block against three token rows at once, and against the middle one alone (decode's 1-tuple), each
+    into its own accumulator row: out[b, k] = what block b added for call k."""
     @njit
-    def run(w, q, bs, out):
-        n = out.shape[0]
-        size, q_row, bs_row = w.shape[0] // n, 256 * n, 16 * n
-        for b in range(n):
-            dots = block_dot(w, b * size, q, (0, q_row, 2 * q_row), 256 * b)
-            sums = bsum_dot(w, b * size, bs, (0, bs_row, 2 * bs_row), 16 * b)
-            for k in range(3):
-                out[b, k, 0], out[b, k, 1] = dots[k], sums[k]
-            out[b, 3, 0] = block_dot(w, b * size, q, (q_row,), 256 * b)[0]
-            out[b, 3, 1] = bsum_dot(w, b * size, bs, (bs_row,), 16 * b)[0]
+    def run(w, q, d, bs, out):
+        size = w.shape[0] // out.shape[0]
+        acc = np.zeros((4, simd.ACC_LANES), np.float32)
+        for b in range(out.shape[0]):
+            acc[:] = 0
+            accumulate(w, b * size, q, d, bs, (0, 1, 2), b, acc)
+            accumulate(w, b * size, q, d, bs, (1,), b, acc[3:])
+            for k in range(4):
+                out[b, k] = acc[k].astype(np.float64).sum()
     return run
 
 
 @pytest.mark.parametrize("lowering", ["avx512", "avx2", "generic"])
-@pytest.mark.parametrize("kind", sorted(qdot.LAYOUTS))
-def test_block_dot_lowerings_equal_numpy(kind, lowering):
-    """Random bytes (every bit pattern of scales and values), not just what a quantizer writes."""
+@pytest.mark.parametrize("kind", sorted(qdot.BLOCKS))
+def test_block_accumulate_lowerings_equal_numpy(kind, lowering):
+    """Random bytes (every bit pattern of scales and values; float16 scales drawn apart, as any byte pair can be
+    NaN), not just what a quantizer writes, against the float64 meaning of the block product."""
     features = simd.llvm.get_host_cpu_features().flatten()
     if lowering != "generic" and f"+{lowering}{'bw' if lowering == 'avx512' else ''}" not in features:
         pytest.skip(f"this CPU has no {lowering}")  # the other lowerings still run here
     qt = next(t for t, k in qdot.KINDS.items() if k == kind)
-    size, n = qdot.BLOCK_BYTES_K[kind], 6
-    layout, (scales, mins) = qdot.LAYOUTS[kind], qdot.SCALES[kind]
-    run = _block_kernel(simd.make_block_dot(layout, scales, lowering), simd.make_bsum_dot(mins))
-    w = rng(6, kind).integers(0, 256, n * size).astype(np.uint8)
+    block, size, n = qdot.BLOCKS[kind], qdot.BLOCK_BYTES_K[kind], 6
+    run = _block_kernel(simd.make_block_accumulate(block, lowering))
+    w = rng(6, kind).integers(0, 256, (n, size)).astype(np.uint8)
+    for at in (block.d_at, block.m_at):
+        if at is not None:
+            w[:, at:at + 2] = rng(10, kind, at).uniform(-2, 2, (n, 1)).astype(np.float16).view(np.uint8)
     q = rng(7, kind).integers(-128, 128, (3, 256 * n)).astype(np.int8)  # -128 too: ggml's Q8_K can hold it
+    d = rng(11, kind).uniform(0.01, 1, (3, n)).astype(np.float32)
     bs = rng(8, kind).integers(-2048, 2048, (3, 16 * n)).astype(np.int32)
-    out = np.zeros((n, 4, 2), np.int64)
-    run(w, q.reshape(-1), bs.reshape(-1), out)
+    out = np.zeros((n, 4))
+    run(w.reshape(-1), q, d, bs, out)
     for b in range(n):
-        block = w[b * size:(b + 1) * size]
-        for k, token in enumerate([0, 1, 2, 1]):
-            expected = simd.block_dot_reference(layout, scales, block, q[token, 256 * b:256 * (b + 1)])
-            assert out[b, k, 0] == expected, qt.name
-            expected = int((simd.scales_reference(mins, block) * bs[token, 16 * b:16 * (b + 1)]).sum())
-            assert out[b, k, 1] == expected, qt.name
+        for k, t in enumerate([0, 1, 2, 1]):
+            expected = simd.block_reference(block, w[b], q[t, 256 * b:256 * (b + 1)], float(d[t, b]),
+                                            bs[t, 16 * b:16 * (b + 1)])
+            scale = abs(float(d[t, b])) * 4 * 256 * 64 * 128  # float32 rounding of the integer sums
+            assert abs(out[b, k] - expected) <= 1e-6 * scale, (qt.name, b, k)
 
 
 def test_f16_loads():

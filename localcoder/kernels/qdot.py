@@ -4,8 +4,8 @@ Activations are rounded to 8 bits per block exactly as ggml does before its vec_
 - Q8_K (for Q2_K..Q6_K weights): per 256 values one float32 scale d = max/-127 (max = the value of largest
   magnitude), q = round-half-even(x * -127/max) capped at 127, and the sums of q per 16 values (bsums).
 - Q8_0 (for Q8_0 weights): per 32 values, q = round(x * 127/amax), scale amax/127 rounded to float16.
-Each weight block is then dotted in integers (simd.make_block_dot / dot32_signed: VPMADDUBSW + VPMADDWD on x86) and
-the block's scales applied once: sum_blocks d_act * (d * sum_j sc_j * dot_j - dmin * sum_j m_j * bsum_j).
+Each weight block is then dotted in integers (simd.make_block_accumulate: VPMADDUBSW + VPMADDWD on x86) and the
+block's scales applied once: sum_blocks d_act * (d * sum_j sc_j * dot_j - dmin * sum_j m_j * bsum_j).
 Integer sums are exact, so the results equal ggml_vec_dot_*_q8_K up to the order of float additions; the tests hold
 them to ggml through ctypes and to `qmatmul_reference`, the numpy meaning of the whole scheme.
 
@@ -21,7 +21,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from numba import njit, prange
 
-from localcoder.kernels.simd import Field, Scales, dot32_signed, f16_at, make_block_dot, make_bsum_dot
+from localcoder.kernels.simd import ACC_LANES, Block, Field, Scales, make_block_accumulate, make_q8_0_accumulate
 from quant.ksearch import fp16_round
 from quant.quantize import dequantize, qtype_of
 
@@ -145,58 +145,53 @@ LAYOUTS = {
     2: tuple(Field(16 + 32 * (g // 4), 2 * (g % 4), 3) for g in range(8)),  # Q2_K: qs @16, 2 bits
     3: tuple(Field(32 + 32 * (g // 4), 2 * (g % 4), 3, 0, g, 1, 2) for g in range(8)),  # Q3_K: qs @32 + hmask @0
 }
-# Where each format keeps its integer scales (for the values) and the integers its activation sums are weighted by
-# (mins, or the scale again where values carry an offset: Q6_K -32, Q3_K -4). Q6_K and Q2_K are read in place;
-# Q4_K/Q5_K/Q3_K pack theirs in 6 bits and are unpacked in registers.
-SCALES = {
-    4: (Scales(0, 8, packed="k4", packed_at=4), Scales(8, 8, packed="k4", packed_at=4)),
-    5: (Scales(0, 8, packed="k4", packed_at=4), Scales(8, 8, packed="k4", packed_at=4)),
-    6: (Scales(192, signed=True),) * 2,
-    2: (Scales(0, mask=0xF), Scales(0, shift=4, mask=0xF)),
-    3: (Scales(0, bias=32, packed="q3", packed_at=96),) * 2,
+# Each format as a simd.Block: where its integer scales live, the integers its activation sums are weighted by
+# (mins, or the scale again where values carry an offset: Q6_K -32, Q3_K -4), and its float16 d / dmin. Q6_K and
+# Q2_K scales are read in place; Q4_K/Q5_K/Q3_K pack theirs in 6 bits and are unpacked in registers.
+_K4 = Scales(0, 8, packed="k4", packed_at=4), Scales(8, 8, packed="k4", packed_at=4)
+BLOCKS = {
+    4: Block(LAYOUTS[4], *_K4, d_at=0, m_at=2),
+    5: Block(LAYOUTS[5], *_K4, d_at=0, m_at=2),
+    6: Block(LAYOUTS[6], Scales(192, signed=True), Scales(192, signed=True), d_at=208, m_factor=32),
+    2: Block(LAYOUTS[2], Scales(0, mask=0xF), Scales(0, shift=4, mask=0xF), d_at=80, m_at=82),
+    3: Block(LAYOUTS[3], *(Scales(0, bias=32, packed="q3", packed_at=96),) * 2, d_at=108, m_factor=4),
 }
 BLOCK_BYTES_K = np.zeros(9, np.int64)  # bytes per block, by kind
 for _qt, _kind in KINDS.items():
     BLOCK_BYTES_K[_kind] = GGML_QUANT_SIZES[_qt][1]
-_DOTS = {k: (make_block_dot(LAYOUTS[k], SCALES[k][0]), make_bsum_dot(SCALES[k][1])) for k in LAYOUTS}
-(_dot_q2_k, _bsum_q2_k), (_dot_q3_k, _bsum_q3_k) = _DOTS[2], _DOTS[3]
-(_dot_q4_k, _bsum_q4_k), (_dot_q5_k, _bsum_q5_k), (_dot_q6_k, _bsum_q6_k) = _DOTS[4], _DOTS[5], _DOTS[6]
+_q2_k, _q3_k, _q4_k, _q5_k, _q6_k = (make_block_accumulate(BLOCKS[k]) for k in (2, 3, 4, 5, 6))
+_q8_0_x8, _q8_0 = make_q8_0_accumulate(8), make_q8_0_accumulate(1)
 
 
 @njit(cache=True, inline="always")
-def _block_parts(kind, w, ob, q, qs, at, bs, bss, bat):
-    """One weight block (bytes from w[ob]) against the activation block of each token (rows qs of q, bss of bs):
-    (integer dots, integer sums, d, m) such that each token's block product, before the activation's scale, is
-    d * dot - m * sum (m: the mins' scale, or d times the format's value offset; 0 for Q8_0)."""
-    if kind == 4:
-        return _dot_q4_k(w, ob, q, qs, at), _bsum_q4_k(w, ob, bs, bss, bat), f16_at(w, ob), f16_at(w, ob + 2)
-    if kind == 6:
-        d = f16_at(w, ob + 208)
-        return _dot_q6_k(w, ob, q, qs, at), _bsum_q6_k(w, ob, bs, bss, bat), d, F(32.0) * d
-    if kind == 5:
-        return _dot_q5_k(w, ob, q, qs, at), _bsum_q5_k(w, ob, bs, bss, bat), f16_at(w, ob), f16_at(w, ob + 2)
-    if kind == 8:
-        dots = dot32_signed(w, ob + 2, q, qs, at)
-        return dots, dots, f16_at(w, ob), F(0.0)
-    if kind == 2:
-        return _dot_q2_k(w, ob, q, qs, at), _bsum_q2_k(w, ob, bs, bss, bat), f16_at(w, ob + 80), f16_at(w, ob + 82)
-    d = f16_at(w, ob + 108)
-    return _dot_q3_k(w, ob, q, qs, at), _bsum_q3_k(w, ob, bs, bss, bat), d, F(4.0) * d
-
-
-@njit(cache=True, inline="always")
-def _row_dots(kind, w, o, n_blocks, q, qs, d, ds, bs, bss, acc):
-    """One weight row (bytes from w[o]) dotted with the activation row of each token (q[qs[k]:], d[ds[k]:],
-    bs[bss[k]:]) into acc[k]. Each block's scales are decoded right before its dot products, so a row streams from
+def _row_dots(kind, w, o, n_blocks, q, d, bs, tokens, acc, out, s, r):
+    """One weight row (bytes from w[o]) dotted with the activations of each token in `tokens` (rows of q, d,
+    bs), into out[s + k, r]. Each block's scales are decoded right before its products, so a row streams from
     memory once and in order (a separate pass over the scales first left the hardware prefetcher behind: 13
     instead of 35 GB/s on a big matrix)."""
-    size, values = BLOCK_BYTES_K[kind], 32 if kind == 8 else 256
-    for k in range(len(qs)):
-        acc[k] = 0
-    for b in range(n_blocks):
-        dots, sums, dw, m = _block_parts(kind, w, o + size * b, q, qs, values * b, bs, bss, 16 * b)
-        for k in range(len(qs)):
-            acc[k] += d[ds[k] + b] * (dw * F(dots[k]) - m * F(sums[k]))
+    acc[:] = 0
+    size = BLOCK_BYTES_K[kind]
+    b = 0
+    if kind == 8:  # eight 32-value blocks per call, then the rest one by one
+        while b + 8 <= n_blocks:
+            _q8_0_x8(w, o + size * b, q, d, tokens, b, acc)
+            b += 8
+    for b in range(b, n_blocks):
+        ob = o + size * b
+        if kind == 4:
+            _q4_k(w, ob, q, d, bs, tokens, b, acc)
+        elif kind == 6:
+            _q6_k(w, ob, q, d, bs, tokens, b, acc)
+        elif kind == 5:
+            _q5_k(w, ob, q, d, bs, tokens, b, acc)
+        elif kind == 8:
+            _q8_0(w, ob, q, d, tokens, b, acc)
+        elif kind == 2:
+            _q2_k(w, ob, q, d, bs, tokens, b, acc)
+        else:
+            _q3_k(w, ob, q, d, bs, tokens, b, acc)
+    for k in range(len(tokens)):
+        out[s + k, r] = np.sum(acc[k])
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -206,30 +201,20 @@ def _grouped(kind, w, rows, row_bytes, experts, begins, ends, src, q, d, bs, y):
     bytes stay in L1 while the group's slots pass over them, TOKENS at a time (each weight block is unpacked once
     per TOKENS slots), then one by one."""
     n_tiles = (rows + TILE - 1) // TILE
-    cols, n_blocks, n_bsums = q.shape[1], d.shape[1], bs.shape[1]
-    qf, df, bf = q.reshape(-1), d.reshape(-1), bs.reshape(-1)
     for job in prange(experts.shape[0] * n_tiles):
         g, tile = job // n_tiles, job % n_tiles
         base = experts[g] * rows * row_bytes
-        acc = np.empty(TOKENS, F)
+        acc = np.empty((TOKENS, ACC_LANES), F)
         s = begins[g]
         while s < ends[g]:
             if s + TOKENS <= ends[g]:
-                t = (src[s], src[s + 1], src[s + 2], src[s + 3])
-                qs = (t[0] * cols, t[1] * cols, t[2] * cols, t[3] * cols)
-                ds = (t[0] * n_blocks, t[1] * n_blocks, t[2] * n_blocks, t[3] * n_blocks)
-                bss = (t[0] * n_bsums, t[1] * n_bsums, t[2] * n_bsums, t[3] * n_bsums)
+                tokens = (src[s], src[s + 1], src[s + 2], src[s + 3])
                 for r in range(tile * TILE, min(rows, tile * TILE + TILE)):
-                    _row_dots(kind, w, base + r * row_bytes, n_blocks, qf, qs, df, ds, bf, bss, acc)
-                    for k in range(TOKENS):
-                        y[s + k, r] = acc[k]
+                    _row_dots(kind, w, base + r * row_bytes, d.shape[1], q, d, bs, tokens, acc, y, s, r)
                 s += TOKENS
             else:
-                t1 = src[s]
                 for r in range(tile * TILE, min(rows, tile * TILE + TILE)):
-                    _row_dots(kind, w, base + r * row_bytes, n_blocks, qf, (t1 * cols,), df, (t1 * n_blocks,), bf,
-                              (t1 * n_bsums,), acc)
-                    y[s, r] = acc[0]
+                    _row_dots(kind, w, base + r * row_bytes, d.shape[1], q, d, bs, (src[s],), acc, y, s, r)
                 s += 1
 
 

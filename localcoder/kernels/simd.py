@@ -1,28 +1,32 @@
-"""Integer dot products on 8-bit data, written as LLVM vector IR inside numba (`numba.extending.intrinsic`).
+"""Block dot products on 8-bit data, written as LLVM vector IR inside numba (`numba.extending.intrinsic`).
 
-    block_dot = make_block_dot(groups, scales)   # groups: 8 Fields, one per 32 values of a 256-value block
-    block_dot(w, o, q, starts, at)[k] = sum_g sum_{i<32} value_g(i) * q[starts[k] + at + 32 g + i] * scale[2 g + i // 16]
+    accumulate = make_block_accumulate(block)   # block: a Block (8 Fields of 32 values, scales, mins, d, dmin)
+    accumulate(w, o, q, d, bs, tokens, b, acc)   # for each k: acc[k, :16] += lanes of
+        d_block * d[t, b] * sum_g sum_{i<32} value_g(i) * q[t, 256 b + 32 g + i] * scale[2 g + i // 16]
+        - dmin_block * d[t, b] * sum_{j<16} min_j * bs[t, 16 b + j]           (t = tokens[k])
         value_g(i) = ((w[o + g.low + i] >> g.shift) & g.mask) | (((w[o + g.high + i] >> g.hshift) & g.hmask) << g.hshl)
-        scale: the block's 16 (or 8, one per 32 values) integer scales, as `scales` (a Scales) says
-    bsum_dot = make_bsum_dot(scales);  bsum_dot(w, o, bs, starts, at)[k] = sum_{j<16} scale_j * bs[starts[k] + at + j]
-    dot32_signed(w, wo, q, starts, at)[k] = sum_{i<32} int8(w[wo + i]) * q[starts[k] + at + i]
-    f16_at(w, o) = float32 of the binary16 at bytes w[o:o+2] (any offset)
+        scale, min: the block's 16 (or 8, one per 32 values) integer scales and mins, as its `Scales` say
+    make_q8_0_accumulate(n)(w, o, q, d, tokens, b, acc)   # the same for n Q8_0 blocks (32 int8, float16 d)
+    f16_at(w, o) = float32 of the binary16 at bytes w[o:o+2] (any offset);  pow2(n) = 2.0**n as float32
 
-w: uint8 weight bytes, q: int8 quantized activations, bs: int32 activation sums; offsets count elements of the
-flattened C-contiguous arrays, and the caller keeps them in bounds (there is no check). `starts` is a tuple of
-activation rows (one per token; a 1-tuple for decode) and the results a tuple of int32 as long: one weight block
-is loaded and unpacked once for all the tokens, which is what makes prefill cheaper per token than decode. Q4_K (nibbles), Q5_K
-(nibble + 1 bit), Q6_K (nibble + 2 bits), Q2_K (2 bits) and Q3_K (2 bits + 1 bit) all fit `Field`.
+w: uint8 weight bytes (o: the block's first byte; the caller keeps it in bounds, there is no check); q int8
+[T, cols], d float32 [T, blocks] and bs int32 [T, cols / 16]: activations in ggml's Q8_K (or Q8_0) format;
+acc float32 [>= len(tokens), 16]. Q4_K (nibbles), Q5_K (nibble + 1 bit), Q6_K (nibble + 2 bits), Q2_K (2 bits)
+and Q3_K (2 bits + 1 bit) all fit `Field`.
 
-Why IR and not numba loops: a 32-value integer reduction written as a loop stays scalar (LLVM's vectoriser wants
-64 values per step), which made the int8 scheme 10x slower than float32 in plain numba. Here each group is one
-<32 x i8> load and the whole block is summed in an <8 x i32> accumulator with a single horizontal add at the end.
-On x86 with AVX2 the multiply-adds are VPMADDUBSW (u8 x s8 -> adjacent pairs summed to i16) and VPMADDWD (i16 x
-scale -> pairs summed to i32), llama.cpp's own sequence; elsewhere the same arithmetic is written in generic IR
-(even/odd lanes widened, multiplied and added), which every LLVM target lowers. The two agree exactly because no
-i16 sum can saturate: weight values are at most 6 bits (63 * 128 * 2 < 32767). On AVX-512BW hosts two groups go
-through one 512-bit instruction. `block_dot_reference` / `scales_reference` are the numpy meaning; tests hold every
-lowering to them.
+Three choices carry the speed, each measured (docs/PERFORMANCE.md):
+- IR and not numba loops: a 32-value integer reduction written as a loop stays scalar (LLVM's vectoriser wants
+  64 values per step), which made the int8 scheme 10x slower than float32 in plain numba. Here each group is one
+  <32 x i8> load; on x86 the multiply-adds are VPMADDUBSW (u8 x s8 -> adjacent pairs summed to i16) and VPMADDWD
+  (i16 x scale -> pairs summed to i32), llama.cpp's own sequence, two groups per instruction on AVX-512BW;
+  elsewhere the same arithmetic is written in generic IR (even/odd lanes widened, multiplied and added), which
+  every LLVM target lowers. They agree exactly because no i16 sum can saturate: weight values are at most 6 bits
+  (63 * 128 * 2 < 32767).
+- Several tokens per call: each weight block and its scales are loaded and unpacked once for all of them (a
+  1-tuple for decode), which is what makes prefill cheaper per token than decode.
+- No horizontal add per block: the integer lanes are scaled in float32 lanes and added into `acc`, summed once
+  per weight row by the caller (per-block reductions cost as much as the multiply-adds).
+`block_reference` / `scales_reference` are the numpy meaning; tests hold every lowering to them.
 """
 
 from __future__ import annotations
@@ -100,10 +104,16 @@ def _madd_x86(builder, name: str, result, a, b):
     return builder.call(fn, [a, b])
 
 
-def _reduce_add(builder, vector):
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector.type.element, [vector.type]),
-                                        f"llvm.vector.reduce.add.v{vector.type.count}i{vector.type.element.width}")
-    return builder.call(fn, [vector])
+def _madd_pairs(builder, lowering: str, values, acts, scale):
+    """values (u8) x acts (s8), adjacent pairs summed to i16, times the i16 scales, pairs summed to i32."""
+    if lowering == "avx512":
+        pairs = _madd_x86(builder, "llvm.x86.avx512.pmaddubs.w.512", _vec(_I16, 32), values, acts)
+        return _madd_x86(builder, "llvm.x86.avx512.pmaddw.d.512", _vec(_I32, 16), pairs, scale)
+    if lowering == "avx2":
+        pairs = _madd_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _vec(_I16, 16), values, acts)
+        return _madd_x86(builder, "llvm.x86.avx2.pmadd.wd", _vec(_I32, 8), pairs, scale)
+    pairs = _pairs_generic(builder, values, acts, builder.zext, builder.sext, _I16)
+    return _pairs_generic(builder, pairs, scale, builder.sext, builder.sext, _I32)
 
 
 class Scales(NamedTuple):
@@ -144,17 +154,15 @@ def _unpack_6bit(builder, words, packed: str):
     return vector
 
 
-def _scale_vector(context, builder, sig, args, scales: Scales):
+def _scale_vector(context, builder, w_type, w_, o_, scales: Scales):
     """The block's scales as <16 x i16>, one lane per 16 values (8-scale layouts repeat each scale twice)."""
-    w_, o_ = args[:2]
     if scales.packed:
-        words = [_scalar_at(context, builder, sig.args[0], w_, _const_offset(builder, o_, scales.packed_at + 4 * k),
+        words = [_scalar_at(context, builder, w_type, w_, _const_offset(builder, o_, scales.packed_at + 4 * k),
                             _I32) for k in range(3)]
         unpacked = builder.bitcast(_unpack_6bit(builder, words, scales.packed), _vec(_I8, 16))
         raw = _lanes(builder, unpacked, list(range(scales.offset, scales.offset + scales.count)))
     else:
-        raw = _load(context, builder, sig.args[0], w_, _const_offset(builder, o_, scales.offset),
-                    _vec(_I8, scales.count))
+        raw = _load(context, builder, w_type, w_, _const_offset(builder, o_, scales.offset), _vec(_I8, scales.count))
     if scales.shift or scales.mask != 0xFF:
         raw = _field(builder, raw, scales.shift, scales.mask)
     wide = (builder.sext if scales.signed else builder.zext)(raw, _vec(_I16, scales.count))
@@ -165,105 +173,171 @@ def _scale_vector(context, builder, sig, args, scales: Scales):
     return wide
 
 
-def _token_offsets(builder, starts, starts_type, at) -> list:
-    """starts[k] + at for each token k of the UniTuple `starts` (both intp, see _per_token_signature)."""
-    return [builder.add(builder.extract_value(starts, k), at) for k in range(starts_type.count)]
+class Block(NamedTuple):
+    """A 256-value K-quant block: its 8 groups of 32 values, its integer scales and mins (or, for formats whose
+    values carry an offset, the scales again), and its float16 super-scales: d at byte d_at; the mins' scale at
+    byte m_at, or (m_at None) d times m_factor (the offset: Q6_K 32, Q3_K 4)."""
+
+    groups: tuple[Field, ...]
+    scales: Scales
+    mins: Scales
+    d_at: int
+    m_at: int | None = None
+    m_factor: int = 0
 
 
-def _per_token_signature(w, o, acts, starts, at):
-    """int32 per token, or None (not typed) unless `starts` is a UniTuple of integers and `at` an integer; both
-    are taken as intp (numba casts the arguments)."""
-    if not (isinstance(starts, types.UniTuple) and isinstance(starts.dtype, types.Integer)
-            and isinstance(at, types.Integer)):
+ACC_LANES = 16  # float32 lanes per token in the accumulators the block products add into
+
+
+class _Matrix:
+    """A 2-D C-contiguous array argument inside an intrinsic: loads and stores of vectors at (row, column)."""
+
+    def __init__(self, context, builder, array_type, value):
+        self.builder = builder
+        array = context.make_array(array_type)(context, builder, value=value)
+        self.data, self.width = array.data, cgutils.unpack_tuple(builder, array.shape)[1]
+
+    def _pointer(self, row, col, element_type):
+        offset = self.builder.add(self.builder.mul(row, self.width), col)
+        return self.builder.bitcast(self.builder.gep(self.data, [offset]), element_type.as_pointer())
+
+    def load(self, row, col, element_type):
+        return self.builder.load(self._pointer(row, col, element_type), align=1)
+
+    def store(self, value, row, col):
+        self.builder.store(value, self._pointer(row, col, value.type), align=1)
+
+
+def _matrix_type(array, dtype) -> bool:
+    return isinstance(array, types.Array) and array.ndim == 2 and array.layout == "C" and array.dtype == dtype
+
+
+def _accumulate_signature(w, o, q, d, bs, tokens, b, acc):
+    """none(...), or None (not typed) unless the arguments are what the accumulate intrinsics read: tokens a
+    UniTuple of integers (taken as intp, like o and b), q int8, d float32, bs int32, acc float32, all 2-D C."""
+    if not (isinstance(tokens, types.UniTuple) and isinstance(tokens.dtype, types.Integer)
+            and _matrix_type(q, types.int8) and _matrix_type(d, types.float32)
+            and (bs is None or _matrix_type(bs, types.int32)) and _matrix_type(acc, types.float32)):
         return None
-    return types.UniTuple(types.int32, starts.count)(w, o, acts, types.UniTuple(types.intp, starts.count),
-                                                     types.intp)
+    args = [w, types.intp, q, d] + ([bs] if bs is not None else []) + [types.UniTuple(types.intp, tokens.count),
+                                                                        types.intp, acc]
+    return types.none(*args)
 
 
-def make_block_dot(groups: tuple[Field, ...], scales: Scales, lowering: str | None = None):
-    """block_dot(w, o, q, starts, at): one weight block against the activation block of each token (see the module
-    docstring), weights and scales unpacked once for all of them. lowering: None picks the host's best (see
-    _lowering); "avx512", "avx2" or "generic" force one (tests)."""
+def _splat(builder, scalar, lanes: int):
+    vector = builder.insert_element(ir.Constant(_vec(scalar.type, lanes), None), scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(vector, vector, ir.Constant(_vec(_I32, lanes), [0] * lanes))
+
+
+def _f16(context, builder, w_type, w_, o_, at: int):
+    return builder.fpext(_scalar_at(context, builder, w_type, w_, _const_offset(builder, o_, at), ir.HalfType()),
+                         ir.FloatType())
+
+
+def _scaled(builder, products, scale):
+    """float32 lanes of products (<16 x i32>) times the float scalar scale."""
+    return builder.fmul(builder.sitofp(products, _vec(ir.FloatType(), ACC_LANES)), _splat(builder, scale, ACC_LANES))
+
+
+def _add_into(builder, acc, k: int, lanes):
+    """acc[k, :16] += lanes (one read-modify-write per block and token: the chain through acc is the latency)."""
+    row, zero = ir.Constant(ir.IntType(64), k), ir.Constant(ir.IntType(64), 0)
+    acc.store(builder.fadd(acc.load(row, zero, lanes.type), lanes), row, zero)
+
+
+def make_block_accumulate(block: Block, lowering: str | None = None):
+    """accumulate(w, o, q, d, bs, tokens, b, acc): the weight block at bytes w[o:] against activation block b of
+    each token (tokens[k]: a row of q [T, cols] int8, d [T, cols / 256] float32, bs [T, cols / 16] int32), added
+    into acc[k, :16] (float32 lanes whose sum is the dot product; the caller zeroes acc and sums each row at the
+    end of a weight row, so there is no horizontal add per block). The weights, scales and mins are unpacked
+    once for all the tokens. lowering: None picks the host's best (see _lowering); "avx512", "avx2" or
+    "generic" force one (tests)."""
     lowering = lowering or _lowering()
-    assert len(groups) == 8
+    assert len(block.groups) == 8
 
     @intrinsic
-    def block_dot(typingctx, w, o, q, starts, at):
-        signature = _per_token_signature(w, o, q, starts, at)
+    def accumulate(typingctx, w, o, q, d, bs, tokens, b, acc):
+        signature = _accumulate_signature(w, o, q, d, bs, tokens, b, acc)
 
         def codegen(context, builder, sig, args):
-            w_, o_, q_ = args[:3]
-            w_type, q_type = sig.args[0], sig.args[2]
-            token_offsets = _token_offsets(builder, args[3], sig.args[3], args[4])
-            scale_lanes = _scale_vector(context, builder, sig, args, scales)
-
-            def values(g: int):
-                f = groups[g]
-                raw = _load(context, builder, w_type, w_, _const_offset(builder, o_, f.low), _vec(_I8, 32))
-                v = _field(builder, raw, f.shift, f.mask)
-                if f.hmask:
-                    high = _load(context, builder, w_type, w_, _const_offset(builder, o_, f.high), _vec(_I8, 32))
-                    high = _field(builder, high, f.hshift, f.hmask)
-                    v = builder.or_(v, builder.shl(high, ir.Constant(_vec(_I8, 32), [f.hshl] * 32)))
-                return v
-
-            def scale_of(first: int, n: int):  # i16 lanes for groups first..first+n-1: 8 per 16 values
-                return _lanes(builder, scale_lanes, [j for g in range(first, first + n) for j in
-                                                     [2 * g] * 8 + [2 * g + 1] * 8])
-
-            step = 2 if lowering == "avx512" else 1  # groups per multiply-add
-            accs = [ir.Constant(_vec(_I32, 8 * step), [0] * 8 * step)] * len(token_offsets)
-            for g in range(0, 8, step):
-                v = values(g) if step == 1 else builder.shuffle_vector(
-                    values(g), values(g + 1), ir.Constant(_vec(_I32, 64), list(range(64))))
-                scale = scale_of(g, step)
-                for i, qo_ in enumerate(token_offsets):
-                    acts = _load(context, builder, q_type, q_, _const_offset(builder, qo_, 32 * g),
-                                 _vec(_I8, 32 * step))
-                    accs[i] = builder.add(accs[i], _madd_pairs(builder, lowering, v, acts, scale))
-            return context.make_tuple(builder, sig.return_type, [_reduce_add(builder, a) for a in accs])
+            w_, o_, q_, d_, bs_, tokens_, b_, acc_ = args
+            w_type = sig.args[0]
+            qm, dm, bsm = (_Matrix(context, builder, sig.args[i], args[i]) for i in (2, 3, 4))
+            accm = _Matrix(context, builder, sig.args[7], acc_)
+            rows = [builder.extract_value(tokens_, k) for k in range(sig.args[5].count)]
+            i64 = b_.type
+            first_value = builder.mul(b_, ir.Constant(i64, 256))
+            dots = _group_dots(context, builder, w_type, w_, o_, block, lowering, qm, rows, first_value)
+            mins = builder.sext(_scale_vector(context, builder, w_type, w_, o_, block.mins), _vec(_I32, 16))
+            first_sum = builder.mul(b_, ir.Constant(i64, 16))
+            super_d = _f16(context, builder, w_type, w_, o_, block.d_at)
+            super_m = _f16(context, builder, w_type, w_, o_, block.m_at) if block.m_at is not None else None
+            for k, row in enumerate(rows):
+                sums = builder.mul(mins, bsm.load(row, first_sum, _vec(_I32, 16)))
+                act_scale = dm.load(row, b_, ir.FloatType())
+                if super_m is None:  # values carry an offset: integer dot - offset * sums, one scale
+                    total = builder.sub(dots[k], builder.mul(sums, ir.Constant(sums.type, [block.m_factor] * 16)))
+                    lanes = _scaled(builder, total, builder.fmul(super_d, act_scale))
+                else:
+                    lanes = builder.fsub(_scaled(builder, dots[k], builder.fmul(super_d, act_scale)),
+                                         _scaled(builder, sums, builder.fmul(super_m, act_scale)))
+                _add_into(builder, accm, k, lanes)
+            return context.get_dummy_value()
 
         return signature, codegen
 
-    return block_dot
+    return accumulate
 
 
-def _madd_pairs(builder, lowering: str, values, acts, scale):
-    """values (u8) x acts (s8), adjacent pairs summed to i16, times the i16 scales, pairs summed to i32."""
-    if lowering == "avx512":
-        pairs = _madd_x86(builder, "llvm.x86.avx512.pmaddubs.w.512", _vec(_I16, 32), values, acts)
-        return _madd_x86(builder, "llvm.x86.avx512.pmaddw.d.512", _vec(_I32, 16), pairs, scale)
-    if lowering == "avx2":
-        pairs = _madd_x86(builder, "llvm.x86.avx2.pmadd.ub.sw", _vec(_I16, 16), values, acts)
-        return _madd_x86(builder, "llvm.x86.avx2.pmadd.wd", _vec(_I32, 8), pairs, scale)
-    pairs = _pairs_generic(builder, values, acts, builder.zext, builder.sext, _I16)
-    return _pairs_generic(builder, pairs, scale, builder.sext, builder.sext, _I32)
+def _group_dots(context, builder, w_type, w_, o_, block: Block, lowering: str, qm: _Matrix, rows, first_value):
+    """Per token, the block's integer products as <16 x i32> lanes (their sum is the block's integer dot)."""
 
+    def values(g: int):
+        f = block.groups[g]
+        raw = _load(context, builder, w_type, w_, _const_offset(builder, o_, f.low), _vec(_I8, 32))
+        v = _field(builder, raw, f.shift, f.mask)
+        if f.hmask:
+            high = _load(context, builder, w_type, w_, _const_offset(builder, o_, f.high), _vec(_I8, 32))
+            high = _field(builder, high, f.hshift, f.hmask)
+            v = builder.or_(v, builder.shl(high, ir.Constant(_vec(_I8, 32), [f.hshl] * 32)))
+        return v
 
-def make_bsum_dot(scales: Scales):
-    """bsum_dot(w, o, bs, starts, at)[k] = sum_{j<16} scale_j * bs[starts[k] + at + j]: a block's mins (or value
-    offsets) against each token's activation sums per 16 values (Q8_K bsums, int32), scales unpacked once."""
+    scale_lanes = _scale_vector(context, builder, w_type, w_, o_, block.scales)
 
-    @intrinsic
-    def bsum_dot(typingctx, w, o, bs, starts, at):
-        signature = _per_token_signature(w, o, bs, starts, at)
+    def scale_of(first: int, n: int):  # i16 lanes for groups first..first+n-1: 8 per 16 values
+        return _lanes(builder, scale_lanes, [j for g in range(first, first + n) for j in [2 * g] * 8 + [2 * g + 1] * 8])
 
-        def codegen(context, builder, sig, args):
-            lanes = builder.sext(_scale_vector(context, builder, sig, args, scales), _vec(_I32, 16))
-            sums = []
-            for bo in _token_offsets(builder, args[3], sig.args[3], args[4]):
-                activation_sums = _load(context, builder, sig.args[2], args[2], bo, _vec(_I32, 16))
-                sums.append(_reduce_add(builder, builder.mul(lanes, activation_sums)))
-            return context.make_tuple(builder, sig.return_type, sums)
-
-        return signature, codegen
-
-    return bsum_dot
+    step = 2 if lowering == "avx512" else 1  # groups per multiply-add
+    # 8-lane lowerings keep even and odd groups apart and join them at the end: 16 lanes either way
+    accs = [[ir.Constant(_vec(_I32, 8 * step), [0] * 8 * step)] * (2 // step) for _ in rows]
+    for g in range(0, 8, step):
+        v = values(g) if step == 1 else builder.shuffle_vector(
+            values(g), values(g + 1), ir.Constant(_vec(_I32, 64), list(range(64))))
+        scale = scale_of(g, step)
+        for k, row in enumerate(rows):
+            acts = qm.load(row, _const_offset(builder, first_value, 32 * g), _vec(_I8, 32 * step))
+            half = (g // step) % len(accs[k])
+            accs[k][half] = builder.add(accs[k][half], _madd_pairs(builder, lowering, v, acts, scale))
+    return [a[0] if step == 2 else builder.shuffle_vector(a[0], a[1], ir.Constant(_vec(_I32, 16), list(range(16))))
+            for a in accs]
 
 
 def _scalar_at(context, builder, array_type, array, offset, scalar_type):
     data = context.make_array(array_type)(context, builder, value=array).data
     return builder.load(builder.bitcast(builder.gep(data, [offset]), scalar_type.as_pointer()), align=1)
+
+
+@intrinsic
+def pow2(typingctx, n):
+    """2.0**n as float32 for integer n in [-126, 127], from its bits ((n + 127) << 23): vectorises, unlike ldexp."""
+    def codegen(context, builder, sig, args):
+        biased = builder.add(builder.trunc(args[0], _I32) if args[0].type.width > 32 else args[0],
+                             ir.Constant(_I32, 127))
+        return builder.bitcast(builder.shl(biased, ir.Constant(_I32, 23)), ir.FloatType())
+
+    if not isinstance(n, types.Integer) or n.bitwidth < 32:
+        return None
+    return types.float32(n), codegen
 
 
 @intrinsic
@@ -276,20 +350,42 @@ def f16_at(typingctx, w, o):
     return types.float32(w, o), codegen
 
 
-@intrinsic
-def dot32_signed(typingctx, w, wo, q, starts, at):
-    """32 int8 weights against 32 int8 activations of each token (Q8_0 x Q8_0)."""
-    signature = _per_token_signature(w, wo, q, starts, at)
+def make_q8_0_accumulate(blocks: int):
+    """accumulate(w, o, q, d, tokens, b, acc): `blocks` consecutive Q8_0 blocks from bytes w[o:] (each float16 d
+    and 32 int8) against activation blocks b.. of each token (Q8_0: 32 values each), added into acc[k, :16] like a
+    Block's accumulate. Several blocks per call keep the sum in registers between them (one block per
+    read-modify-write of acc halved the speed of Q8_0 rows: 32 values are too few to hide its latency)."""
 
-    def codegen(context, builder, sig, args):
-        x = builder.sext(_load(context, builder, sig.args[0], args[0], args[1], _vec(_I8, 32)), _vec(_I32, 32))
-        sums = []
-        for qo in _token_offsets(builder, args[3], sig.args[3], args[4]):
-            y = _load(context, builder, sig.args[2], args[2], qo, _vec(_I8, 32))
-            sums.append(_reduce_add(builder, builder.mul(x, builder.sext(y, _vec(_I32, 32)))))
-        return context.make_tuple(builder, sig.return_type, sums)
+    @intrinsic
+    def accumulate(typingctx, w, o, q, d, tokens, b, acc):
+        signature = _accumulate_signature(w, o, q, d, None, tokens, b, acc)
 
-    return signature, codegen
+        def codegen(context, builder, sig, args):
+            w_, o_, q_, d_, tokens_, b_, acc_ = args
+            w_type = sig.args[0]
+            qm, dm = _Matrix(context, builder, sig.args[2], q_), _Matrix(context, builder, sig.args[3], d_)
+            accm = _Matrix(context, builder, sig.args[6], acc_)
+            rows = [builder.extract_value(tokens_, k) for k in range(sig.args[4].count)]
+            sums = [None] * len(rows)
+            for j in range(blocks):
+                ob = _const_offset(builder, o_, 34 * j)
+                weights = _load(context, builder, w_type, w_, _const_offset(builder, ob, 2), _vec(_I8, 32))
+                weights = builder.sext(weights, _vec(_I16, 32))
+                super_d = _f16(context, builder, w_type, w_, ob, 0)
+                block = _const_offset(builder, b_, j)
+                for k, row in enumerate(rows):
+                    acts = builder.sext(qm.load(row, builder.mul(block, ir.Constant(block.type, 32)), _vec(_I8, 32)),
+                                        _vec(_I16, 32))
+                    pairs = _pairs_generic(builder, weights, acts, builder.sext, builder.sext, _I32)  # VPMADDWD
+                    lanes = _scaled(builder, pairs, builder.fmul(super_d, dm.load(row, block, ir.FloatType())))
+                    sums[k] = lanes if sums[k] is None else builder.fadd(sums[k], lanes)
+            for k in range(len(rows)):
+                _add_into(builder, accm, k, sums[k])
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return accumulate
 
 
 def scales_reference(scales: Scales, block: np.ndarray) -> np.ndarray:
@@ -314,7 +410,7 @@ def scales_reference(scales: Scales, block: np.ndarray) -> np.ndarray:
 
 
 def block_dot_reference(groups: tuple[Field, ...], scales: Scales, block: np.ndarray, q: np.ndarray) -> int:
-    """numpy meaning of a block_dot: one block's bytes and its 256 activations."""
+    """The integer part of a block product: one block's bytes against 256 int8 activations."""
     w, q = block.astype(np.int64), q.astype(np.int64)
     sc = scales_reference(scales, block)
     total = 0
@@ -323,3 +419,13 @@ def block_dot_reference(groups: tuple[Field, ...], scales: Scales, block: np.nda
         values |= ((w[f.high:f.high + 32] >> f.hshift) & f.hmask) << f.hshl
         total += int((values * q[32 * g:32 * g + 32] * np.repeat(sc[2 * g:2 * g + 2], 16)).sum())
     return total
+
+
+def block_reference(block: Block, data: np.ndarray, q: np.ndarray, d: float, bs: np.ndarray) -> float:
+    """What accumulate adds for one token, in float64: the block's bytes against 256 activations q, their scale
+    d and their sums per 16 values bs."""
+    half = lambda at: float(data[at:at + 2].view(np.float16)[0])  # noqa: E731
+    dot = block_dot_reference(block.groups, block.scales, data, q)
+    sums = int((scales_reference(block.mins, data) * bs.astype(np.int64)).sum())
+    dmin = half(block.m_at) if block.m_at is not None else half(block.d_at) * block.m_factor
+    return d * (half(block.d_at) * dot - dmin * sums)
