@@ -10,8 +10,9 @@ import numpy as np
 
 from localcoder.gguf_model import ModelArgs
 from localcoder.kernels.deltanet import delta_rule_recurrent
+from localcoder.kernels.elementwise import causal_conv_silu, rms_norm, swiglu
 from localcoder.kernels.qdot import Activations
-from localcoder.reference import L2_EPS, rms_norm, rope_neox, sigmoid, silu, softplus  # dtype-preserving
+from localcoder.reference import L2_EPS, rope_neox, sigmoid, softplus  # dtype-preserving
 
 F = np.float32
 SCORES_BUDGET = 1 << 24  # attention scores kept at once (64 MiB of float32): long contexts go by query blocks
@@ -96,10 +97,7 @@ def gated_delta_net(x: np.ndarray, w: dict, args: ModelArgs, state: dict) -> np.
     kernel = w["ssm_conv1d.weight"].vector().reshape(-1, args.conv_kernel)
     padded = np.concatenate([state["conv"], mixed])
     state["conv"] = padded[-(args.conv_kernel - 1):].copy()
-    conv = padded[:n_tok] * kernel[:, 0]
-    for j in range(1, args.conv_kernel):
-        conv += padded[j:j + n_tok] * kernel[:, j]
-    conv = silu(conv)
+    conv = causal_conv_silu(padded, kernel)
     q = conv[:, :nk * dk].reshape(n_tok, nk, dk)
     k = conv[:, nk * dk:2 * nk * dk].reshape(n_tok, nk, dk)
     v = np.ascontiguousarray(conv[:, 2 * nk * dk:].reshape(n_tok, nv, dv))
@@ -111,7 +109,7 @@ def gated_delta_net(x: np.ndarray, w: dict, args: ModelArgs, state: dict) -> np.
     g = (w["ssm_a"].vector() * softplus(a + w["ssm_dt.bias"].vector())).astype(F)
     # recurrent at every length: on the CPU it beats the chunked matrix form 7x at 256 tokens (kernels/deltanet.py)
     out = delta_rule_recurrent(q, k, v, np.ascontiguousarray(g), np.ascontiguousarray(beta), state["S"])
-    y = rms_norm(out, w["ssm_norm.weight"].vector(), args.eps) * silu(z)
+    y = rms_norm(out, w["ssm_norm.weight"].vector(), args.eps, gate=z)
     return w["ssm_out.weight"].matmul(y.reshape(n_tok, nv * dv))
 
 
@@ -134,11 +132,11 @@ def moe(x: np.ndarray, w: dict, args: ModelArgs) -> np.ndarray:
     tokens = order // k
     gate = w["ffn_gate_exps.weight"].grouped_matmul(x, experts, starts, tokens)
     up = w["ffn_up_exps.weight"].grouped_matmul(x, experts, starts, tokens)
-    down = w["ffn_down_exps.weight"].grouped_matmul(silu(gate) * up, experts, starts, np.arange(len(chosen)))
+    down = w["ffn_down_exps.weight"].grouped_matmul(swiglu(gate, up), experts, starts, np.arange(len(chosen)))
     per_pair = np.empty_like(down)
     per_pair[order] = down  # back to (token, rank) order
     out = np.einsum("tkh,tk->th", per_pair.reshape(n_tok, k, -1), weights.astype(F))
-    shared = silu(w["ffn_gate_shexp.weight"].matmul(x)) * w["ffn_up_shexp.weight"].matmul(x)
+    shared = swiglu(w["ffn_gate_shexp.weight"].matmul(x), w["ffn_up_shexp.weight"].matmul(x))
     shared = w["ffn_down_shexp.weight"].matmul(shared)
     shared_gate = sigmoid(x.x @ w["ffn_gate_inp_shexp.weight"].vector())
     return out + shared * shared_gate[:, None]
