@@ -137,13 +137,16 @@ def snapshot(state: list[dict]) -> list[dict]:
 
 
 def forward(args: ModelArgs, weights: dict[str, np.ndarray], tokens: list[int],
-            state: list[dict] | None = None, activation_blocks: dict[str, int] | None = None) -> np.ndarray:
+            state: list[dict] | None = None, activation_blocks: dict[str, int] | None = None,
+            block_offsets: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """Logits [T, vocab] (float64) of `tokens`, continuing `state` (updated in place) or from position 0.
     activation_blocks: tensor name -> 256 or 32 for the weights whose inputs are rounded to 8 bits first (Q8_K or
-    Q8_0, as llama.cpp and localcoder's "q8" runtime do); the others see exact inputs."""
+    Q8_0, as llama.cpp and localcoder's "q8" runtime do); the others see exact inputs. block_offsets: tensor name
+    -> the per-32-value offsets m of Q5_1 weights ([..., rows, cols / 32]), which meet the activations through
+    Q8_1's float16 block sums as in ggml (see Projection)."""
     state = new_state(args) if state is None else state
     w = {name: np.asarray(t, dtype=np.float64) for name, t in weights.items()}
-    mm = Projection(w, activation_blocks or {})
+    mm = Projection(w, activation_blocks or {}, block_offsets or {})
     h = w["token_embd.weight"][np.asarray(tokens)]
     for i in range(args.n_layer):
         p = f"blk.{i}."
@@ -157,15 +160,23 @@ def forward(args: ModelArgs, weights: dict[str, np.ndarray], tokens: list[int],
 
 class Projection:
     """x @ W.T for a named weight (one expert of it with `expert`), the input first rounded as the weight's
-    activation block says."""
+    activation block says. A weight with block offsets m (Q5_1: W = d q + m per 32 values) takes its offsets
+    through the activations' Q8_1 sums s = float16(scale * sum q) instead of the exact sums, as ggml does."""
 
-    def __init__(self, weights: dict[str, np.ndarray], activation_blocks: dict[str, int]):
-        self.weights, self.blocks = weights, activation_blocks
+    def __init__(self, weights: dict[str, np.ndarray], activation_blocks: dict[str, int],
+                 block_offsets: dict[str, np.ndarray]):
+        self.weights, self.blocks, self.offsets = weights, activation_blocks, block_offsets
 
     def __call__(self, x: np.ndarray, name: str, expert: int | None = None) -> np.ndarray:
         w = self.weights[name] if expert is None else self.weights[name][expert]
         block = self.blocks.get(name)
-        return (x if block is None else round_activations(x, block)) @ w.T
+        if block is None:
+            return x @ w.T
+        if name not in self.offsets:
+            return round_activations(x, block) @ w.T
+        m = self.offsets[name] if expert is None else self.offsets[name][expert]
+        m = np.asarray(m, np.float64)
+        return round_activations(x, 32) @ (w - np.repeat(m, 32, axis=-1)).T + q8_1_sums(x) @ m.T
 
 
 def round_activations(x: np.ndarray, block: int) -> np.ndarray:
@@ -187,3 +198,14 @@ def round_activations(x: np.ndarray, block: int) -> np.ndarray:
             q = np.rint(x32 * np.where(amax == 0, 0, np.float32(127.0) / amax))
         scale = (amax / np.float32(127.0)).astype(np.float16)
     return (q.astype(np.float64) * scale.astype(np.float64)).reshape(x.shape)
+
+
+def q8_1_sums(x: np.ndarray) -> np.ndarray:
+    """ggml's Q8_1 block sums of x (float64 [T, n]): float16(amax/127 * sum of the rounded values) per 32 values,
+    [T, n / 32], computed in float32 as ggml does."""
+    x32 = np.asarray(x, np.float32).reshape(x.shape[0], -1, 32)
+    amax = np.abs(x32).max(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        q = np.rint(x32 * np.where(amax == 0, 0, np.float32(127.0) / amax))
+    total = q.sum(axis=-1, dtype=np.float32)
+    return ((amax[..., 0] / np.float32(127.0)) * total).astype(np.float16).astype(np.float64)

@@ -1,8 +1,8 @@
 """Quantized-activation kernels (llama.cpp's CPU scheme) against ggml itself through ctypes and against numpy.
 
-- Activation rounding (Q8_K, Q8_0) equals ggml's quantize_row_q8_K / quantize_row_q8_0 byte for byte.
-- Each format's matmul equals ggml_vec_dot_<type>_q8_K / _q8_0 on the same bytes (float summation order aside),
-  and qmatmul_reference (gguf-py dequantization, float64).
+- Activation rounding (Q8_K, Q8_0, Q8_1) equals ggml's quantize_row_q8_K / _q8_0 / _q8_1 byte for byte.
+- Each format's matmul equals ggml_vec_dot_<type>_q8_K / _q8_0 / _q8_1 on the same bytes (float summation order
+  aside), and qmatmul_reference (gguf-py dequantization, float64).
 - The SIMD block dot products equal their numpy meaning in every lowering (AVX-512, AVX2, generic IR), so the
   code other CPUs get is tested here too.
 """
@@ -23,7 +23,12 @@ from quant.quantize import quantize
 
 SEED = int.from_bytes(os.urandom(4), "little")
 K_TYPES = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
-ACT_BYTES = {256: 292, 32: 34}  # sizeof(block_q8_K), sizeof(block_q8_0)
+Q32_TYPES = [T.Q8_0, T.Q4_0, T.Q5_0, T.Q5_1]
+ACT_BYTES = {"q8_K": 292, "q8_0": 34, "q8_1": 36}  # sizeof(block_q8_K), sizeof(block_q8_0), sizeof(block_q8_1)
+
+
+def ggml_activation_format(qtype) -> str:
+    return "q8_K" if qtype in K_TYPES else "q8_1" if qtype == T.Q5_1 else "q8_0"
 
 
 def rng(*salt):
@@ -39,17 +44,18 @@ def ggml_cpu():
     return lib
 
 
-def ggml_activations(lib, x: np.ndarray, block: int) -> np.ndarray:
-    fn = lib.quantize_row_q8_K if block == 256 else lib.quantize_row_q8_0
+def ggml_activations(lib, x: np.ndarray, fmt: str) -> np.ndarray:
+    fn = getattr(lib, f"quantize_row_{fmt}")
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    out = np.zeros((x.shape[0], x.shape[1] // block * ACT_BYTES[block]), np.uint8)
+    block = 256 if fmt == "q8_K" else 32
+    out = np.zeros((x.shape[0], x.shape[1] // block * ACT_BYTES[fmt]), np.uint8)
     for t in range(x.shape[0]):
         fn(np.ascontiguousarray(x[t]).ctypes.data, out[t].ctypes.data, x.shape[1])
     return out
 
 
 def ggml_vec_dots(lib, raw: np.ndarray, qtype, acts_bytes: np.ndarray, cols: int) -> np.ndarray:
-    name = "ggml_vec_dot_q8_0_q8_0" if qtype == T.Q8_0 else f"ggml_vec_dot_{qtype.name.lower()[:-1]}K_q8_K"
+    name = f"ggml_vec_dot_{qtype.name.lower()}_{ggml_activation_format(qtype)}".replace("_k_", "_K_")
     fn = getattr(lib, name)
     fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
                    ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -68,36 +74,41 @@ def activations_like_a_model(n: int, cols: int, *salt) -> np.ndarray:
     return x
 
 
-@pytest.mark.parametrize("block", [256, 32])
-def test_activation_rounding_equals_ggml(ggml_cpu, block):
-    x = activations_like_a_model(5, 1024, block)
-    acts = qdot.quantize_activations(x, T.Q4_K if block == 256 else T.Q8_0)
-    theirs = ggml_activations(ggml_cpu, x, block).reshape(5, -1, ACT_BYTES[block])
-    if block == 256:  # block_q8_K: float d, int8 qs[256], int16 bsums[16]
+@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q8_0, T.Q5_1])
+def test_activation_rounding_equals_ggml(ggml_cpu, qtype):
+    fmt = ggml_activation_format(qtype)
+    x = activations_like_a_model(5, 1024, int(qtype))
+    acts = qdot.quantize_activations(x, qtype)
+    theirs = ggml_activations(ggml_cpu, x, fmt).reshape(5, -1, ACT_BYTES[fmt])
+    half = lambda b: np.ascontiguousarray(b).view(np.float16)[..., 0].astype(np.float32)  # noqa: E731
+    if fmt == "q8_K":  # block_q8_K: float d, int8 qs[256], int16 bsums[16]
         d, q, bsums = theirs[..., :4], theirs[..., 4:260], theirs[..., 260:]
         assert np.array_equal(np.ascontiguousarray(bsums).view(np.int16).reshape(5, -1), acts.bsums), f"seed {SEED}"
         assert np.array_equal(np.ascontiguousarray(d).view(np.float32)[..., 0], acts.d)
-    else:  # block_q8_0: half d, int8 qs[32]
+    elif fmt == "q8_0":  # block_q8_0: half d, int8 qs[32]
         d, q = theirs[..., :2], theirs[..., 2:]
-        assert np.array_equal(np.ascontiguousarray(d).view(np.float16)[..., 0].astype(np.float32), acts.d)
+        assert np.array_equal(half(d), acts.d)
+    else:  # block_q8_1: half d, half s (d * sum qs), int8 qs[32]
+        d, s, q = theirs[..., :2], theirs[..., 2:4], theirs[..., 4:]
+        assert np.array_equal(half(d), acts.d) and np.array_equal(half(s), acts.s), f"seed {SEED}"
     assert np.array_equal(np.ascontiguousarray(q).view(np.int8).reshape(5, -1), acts.q), f"seed {SEED}"
 
 
-@pytest.mark.parametrize("qtype", K_TYPES + [T.Q8_0])
+@pytest.mark.parametrize("qtype", K_TYPES + Q32_TYPES)
 def test_qmatmul_equals_ggml_vec_dot_and_reference(ggml_cpu, qtype):
     cols = 1024
     raw = quantize(rng(1, qtype).standard_t(4, (24, cols)).astype(np.float32), qtype.name)
     x = activations_like_a_model(3, cols, 2, qtype)
     acts = qdot.quantize_activations(x, qtype)
     ours = qdot.qmatmul(raw, qtype, acts)
-    theirs = ggml_vec_dots(ggml_cpu, raw, qtype, ggml_activations(ggml_cpu, x, acts.block), cols)
+    theirs = ggml_vec_dots(ggml_cpu, raw, qtype, ggml_activations(ggml_cpu, x, ggml_activation_format(qtype)), cols)
     exact = qdot.qmatmul_reference(raw, qtype, x)
     scale = np.abs(exact).max()
     assert np.abs(ours - theirs).max() <= 2e-6 * scale, f"seed {SEED}"
     assert np.abs(ours - exact).max() <= 2e-6 * scale, f"seed {SEED}"
 
 
-@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q6_K, T.Q8_0])
+@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q6_K, T.Q8_0, T.Q5_1])
 def test_grouped_qmatmul_equals_reference(qtype):
     """Experts chosen in any order, some twice, groups of one slot (decode) and of many (prefill), and slots
     reading arbitrary activation rows."""

@@ -9,6 +9,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader
 
 from localcoder.errors import UserError
+from localcoder.kernels import qdot
 from localcoder.gguf_model import load_float_weights
 from localcoder.model import Model
 from localcoder.reference import forward
@@ -65,12 +66,18 @@ def test_small_batches_and_snapshots(f32_files):
     assert np.array_equal(session.feed(tokens[100:], all_logits=True), rest)
 
 
+def q5_1_offsets_of(path) -> dict[str, np.ndarray]:
+    """Tensor name -> the block offsets m of the file's Q5_1 tensors (they meet Q8_1's float16 sums)."""
+    return {t.name: qdot.q5_1_offsets(np.asarray(t.data)) for t in GGUFReader(path).tensors
+            if T(t.tensor_type) == T.Q5_1}
+
+
 def activation_blocks(path) -> dict[str, int]:
     """Which tensors the "q8" runtime feeds 8-bit activations, from the file's tensor types: K-quants take Q8_K
-    (256 values a block), Q8_0 takes Q8_0 (32); float tensors and the Q4_0/Q5_0/Q5_1 fallbacks take float32."""
+    (256 values a block), Q8_0 and the Q4_0/Q5_0/Q5_1 fallbacks Q8_0 or Q8_1 (32); float tensors take float32."""
     k_quants = {T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K}
     return {t.name: 256 if T(t.tensor_type) in k_quants else 32 for t in GGUFReader(path).tensors
-            if T(t.tensor_type) in k_quants | {T.Q8_0}}
+            if T(t.tensor_type) in k_quants | {T.Q8_0, T.Q4_0, T.Q5_0, T.Q5_1}}
 
 
 def mean_error(ours: np.ndarray, ref: np.ndarray) -> float:
@@ -93,7 +100,8 @@ def test_quantized_files_equal_the_reference_on_dequantized_weights(f32_files, t
     path = quantize_model(f32, tmp_path / "q.gguf", file_type, show_progress=False).out
     args, weights = load_float_weights(path)
     exact = forward(args, weights, tokens[:80])
-    rounded = forward(args, weights, tokens[:80], activation_blocks=activation_blocks(path))
+    rounded = forward(args, weights, tokens[:80], activation_blocks=activation_blocks(path),
+                      block_offsets=q5_1_offsets_of(path))
     for activations, ref in (("f32", exact), ("q8", rounded)):
         model = Model.load(path, activations=activations)
         prefill = model.logits(tokens[:80])
@@ -109,22 +117,41 @@ def test_quantized_files_equal_the_reference_on_dequantized_weights(f32_files, t
 
 
 def test_quantized_logits_against_llama_cpp_on_the_same_file(f32_files, tmp_path):
-    """llama.cpp rounds activations to 8 bits (Q8_K / Q8_0) in its CPU dot products, as the default "q8" runtime
-    does. On the same Q4_K_M file, the q8 runtime must be closer to llama.cpp than exact math is, and the exact
-    ("f32") runtime equal to exact math; llama.cpp's own distance from exact stays within what 8-bit activations
-    cost on these random models (a misread tensor would be far beyond it)."""
+    """llama.cpp rounds activations to 8 bits (Q8_K / Q8_0 / Q8_1) in its CPU dot products, as the default "q8"
+    runtime does. On the same Q4_K_M file (Q4_K/Q6_K with Q5_0/Q8_0 fallbacks here) the issue's bar: our prefill
+    is as close to llama.cpp's prefill, and our decode to its decode, as llama.cpp's own prefill and decode are
+    to each other (measured: 0.022 and 0.0245 against 0.0251, mean |logit difference|; exact math is 0.118 away,
+    and before the fallbacks ran on 8-bit activations we were 0.089 away). The exact ("f32") runtime equals exact
+    math."""
     f32, tokens, _ = f32_files("realheads")
     path = quantize_model(f32, tmp_path / "q.gguf", "Q4_K_M", show_progress=False).out
     tokens = tokens[:80]
     args, weights = load_float_weights(path)
     exact = forward(args, weights, tokens)
-    theirs = llama_cpp_logits(path, tokens)
-    ours_exact = Model.load(path, activations="f32").logits(tokens)
-    ours = Model.load(path).logits(tokens)
-    assert max_relative_error(ours_exact, exact) < BOUND
-    assert mean_error(ours, theirs) < mean_error(exact, theirs)
-    assert max_relative_error(ours, theirs) < max_relative_error(exact, theirs)
-    assert max_relative_error(theirs, exact) < 0.3
+    theirs, theirs_decoded = llama_cpp_logits(path, tokens), llama_cpp_decoded_logits(path, tokens)
+    assert max_relative_error(Model.load(path, activations="f32").logits(tokens), exact) < BOUND
+    model = Model.load(path)
+    ours = model.logits(tokens)
+    session = model.new_session()
+    ours_decoded = np.stack([session.feed([t]) for t in tokens])
+    llama_gap = mean_error(theirs, theirs_decoded)
+    assert mean_error(ours, theirs) <= llama_gap
+    assert mean_error(ours_decoded, theirs_decoded) <= llama_gap
+    assert mean_error(exact, theirs) > 2 * llama_gap  # the bar is meaningful: exact math is far outside it
+
+
+def llama_cpp_decoded_logits(path, tokens) -> np.ndarray:
+    """llama.cpp's logits fed one token at a time (its decode path)."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), n_ctx=512, n_batch=512, n_threads=2, verbose=False, logits_all=True,
+                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+    rows = []
+    for t in tokens:
+        llm.eval([t])
+        rows.append(np.array(llm.scores[llm.n_tokens - 1], np.float32))
+    llm.close()
+    return np.stack(rows)
 
 
 def test_bad_inputs_are_clear_errors(f32_files, tmp_path):

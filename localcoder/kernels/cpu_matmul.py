@@ -3,9 +3,8 @@
     y = matmul(raw, qtype, x)      # raw: uint8 [rows, bytes_per_row] (a GGUF tensor), x: float32 [T, cols]
                                    # y: float32 [T, rows] = x @ dequantize(raw).T
 
-This is the float32-activation path: F32/F16/BF16 tensors, the Q4_0/Q5_0/Q5_1 fallbacks, and every type when a
-model is loaded with activations="f32" (exact math). Quantized weights otherwise run on 8-bit activations in
-qdot.py. Two paths, chosen by the number of tokens:
+This is the float32-activation path: F32/F16/BF16 tensors, and every type when a model is loaded with
+activations="f32" (exact math). Quantized weights otherwise run on 8-bit activations in qdot.py. Two paths, chosen by the number of tokens:
 - few tokens (decode): each thread decodes a tile of weight rows into a float32 buffer and takes long dot
   products with the tokens' activations.
 - many tokens (prefill): a few hundred rows at a time are decoded in parallel and multiplied by BLAS, so the

@@ -6,7 +6,7 @@
         - dmin_block * d[t, b] * sum_{j<16} min_j * bs[t, 16 b + j]           (t = tokens[k])
         value_g(i) = ((w[o + g.low + i] >> g.shift) & g.mask) | (((w[o + g.high + i] >> g.hshift) & g.hmask) << g.hshl)
         scale, min: the block's 16 (or 8, one per 32 values) integer scales and mins, as its `Scales` say
-    make_q8_0_accumulate(n)(w, o, q, d, tokens, b, acc)   # the same for n Q8_0 blocks (32 int8, float16 d)
+    make_q32_accumulate(name)(w, o, q, d, s, tokens, b, acc, n)   # n blocks of Q8_0, Q4_0, Q5_0 or Q5_1
     f16_at(w, o) = float32 of the binary16 at bytes w[o:o+2] (any offset);  pow2(n) = 2.0**n as float32
 
 w: uint8 weight bytes (o: the block's first byte; the caller keeps it in bounds, there is no check); q int8
@@ -212,16 +212,16 @@ def _matrix_type(array, dtype) -> bool:
     return isinstance(array, types.Array) and array.ndim == 2 and array.layout == "C" and array.dtype == dtype
 
 
-def _accumulate_signature(w, o, q, d, bs, tokens, b, acc):
+def _accumulate_signature(w, o, q, d, sums, sums_dtype, tokens, b, acc, count=None):
     """none(...), or None (not typed) unless the arguments are what the accumulate intrinsics read: tokens a
-    UniTuple of integers (taken as intp, like o and b), q int8, d float32, bs int32, acc float32, all 2-D C."""
+    UniTuple of integers (taken as intp, like o, b and count), q int8, d float32, sums of sums_dtype, acc
+    float32, all 2-D C."""
     if not (isinstance(tokens, types.UniTuple) and isinstance(tokens.dtype, types.Integer)
             and _matrix_type(q, types.int8) and _matrix_type(d, types.float32)
-            and (bs is None or _matrix_type(bs, types.int32)) and _matrix_type(acc, types.float32)):
+            and _matrix_type(sums, sums_dtype) and _matrix_type(acc, types.float32)):
         return None
-    args = [w, types.intp, q, d] + ([bs] if bs is not None else []) + [types.UniTuple(types.intp, tokens.count),
-                                                                        types.intp, acc]
-    return types.none(*args)
+    args = [w, types.intp, q, d, sums, types.UniTuple(types.intp, tokens.count), types.intp, acc]
+    return types.none(*(args + ([types.intp] if count is not None else [])))
 
 
 def _splat(builder, scalar, lanes: int):
@@ -257,7 +257,7 @@ def make_block_accumulate(block: Block, lowering: str | None = None):
 
     @intrinsic
     def accumulate(typingctx, w, o, q, d, bs, tokens, b, acc):
-        signature = _accumulate_signature(w, o, q, d, bs, tokens, b, acc)
+        signature = _accumulate_signature(w, o, q, d, bs, types.int32, tokens, b, acc)
 
         def codegen(context, builder, sig, args):
             w_, o_, q_, d_, bs_, tokens_, b_, acc_ = args
@@ -350,37 +350,90 @@ def f16_at(typingctx, w, o):
     return types.float32(w, o), codegen
 
 
-def make_q8_0_accumulate(blocks: int):
-    """accumulate(w, o, q, d, tokens, b, acc): `blocks` consecutive Q8_0 blocks from bytes w[o:] (each float16 d
-    and 32 int8) against activation blocks b.. of each token (Q8_0: 32 values each), added into acc[k, :16] like a
-    Block's accumulate. Several blocks per call keep the sum in registers between them (one block per
-    read-modify-write of acc halved the speed of Q8_0 rows: 32 values are too few to hide its latency)."""
+# The 32-value formats: bytes per block and where the float16 d, the float16 m (Q5_1's offset), the 32 high bits
+# (Q5_*) and the quants live. Values are nibbles (Q4_*, Q5_*: low nibbles are values 0-15, high ones 16-31) plus
+# the high bit, minus a bias (signed formats), or int8 (Q8_0).
+_Q32 = {"q8_0": dict(size=34, qs=2), "q4_0": dict(size=18, qs=2, bias=8),
+        "q5_0": dict(size=22, qh=2, qs=6, bias=16), "q5_1": dict(size=24, m=2, qh=4, qs=8)}
+
+
+def _q32_values(context, builder, w_type, w_, ob, layout: dict):
+    """The block's 32 weight values as <32 x i16> (signed; Q5_1's are 0..31 and its offset goes through m)."""
+    qs = _const_offset(builder, ob, layout["qs"])
+    if layout["size"] == 34:  # q8_0: int8 values
+        return builder.sext(_load(context, builder, w_type, w_, qs, _vec(_I8, 32)), _vec(_I16, 32))
+    packed = _load(context, builder, w_type, w_, qs, _vec(_I8, 16))
+    nibbles = builder.shuffle_vector(_field(builder, packed, 0, 15), _field(builder, packed, 4, 15),
+                                     ir.Constant(_vec(_I32, 32), list(range(32))))
+    values = builder.zext(nibbles, _vec(_I16, 32))
+    if "qh" in layout:
+        qh = _scalar_at(context, builder, w_type, w_, _const_offset(builder, ob, layout["qh"]), _I32)
+        bits = builder.lshr(_splat(builder, qh, 32), ir.Constant(_vec(_I32, 32), list(range(32))))
+        high = builder.trunc(builder.and_(bits, ir.Constant(_vec(_I32, 32), [1] * 32)), _vec(_I16, 32))
+        values = builder.or_(values, builder.shl(high, ir.Constant(_vec(_I16, 32), [4] * 32)))
+    if layout.get("bias"):
+        values = builder.sub(values, ir.Constant(_vec(_I16, 32), [layout["bias"]] * 32))
+    return values
+
+
+def make_q32_accumulate(name: str):
+    """accumulate(w, o, q, d, s, tokens, b, acc, count): `count` consecutive blocks of the 32-value format `name`
+    ("q8_0", "q4_0", "q5_0", "q5_1") from bytes w[o:] against activation blocks b.. of each token, added into
+    acc[k, :16] like a Block's accumulate. Activations are ggml's Q8_0 (q, d) or, for q5_1, Q8_1: s [T, blocks]
+    holds d * sum(q) per block (ggml's float16 `s`), which Q5_1's offset m multiplies; other formats ignore s.
+    The loop over blocks runs inside, sums in registers: a read-modify-write of acc per 32-value block halved
+    the speed (too little work to hide its latency)."""
+    layout = _Q32[name]
 
     @intrinsic
-    def accumulate(typingctx, w, o, q, d, tokens, b, acc):
-        signature = _accumulate_signature(w, o, q, d, None, tokens, b, acc)
+    def accumulate(typingctx, w, o, q, d, s, tokens, b, acc, count):
+        signature = _accumulate_signature(w, o, q, d, s, types.float32, tokens, b, acc, count)
 
         def codegen(context, builder, sig, args):
-            w_, o_, q_, d_, tokens_, b_, acc_ = args
+            w_, o_, q_, d_, s_, tokens_, b_, acc_, count_ = args
             w_type = sig.args[0]
-            qm, dm = _Matrix(context, builder, sig.args[2], q_), _Matrix(context, builder, sig.args[3], d_)
-            accm = _Matrix(context, builder, sig.args[6], acc_)
-            rows = [builder.extract_value(tokens_, k) for k in range(sig.args[4].count)]
-            sums = [None] * len(rows)
-            for j in range(blocks):
-                ob = _const_offset(builder, o_, 34 * j)
-                weights = _load(context, builder, w_type, w_, _const_offset(builder, ob, 2), _vec(_I8, 32))
-                weights = builder.sext(weights, _vec(_I16, 32))
+            qm, dm, sm = (_Matrix(context, builder, sig.args[i], args[i]) for i in (2, 3, 4))
+            accm = _Matrix(context, builder, sig.args[7], acc_)
+            rows = [builder.extract_value(tokens_, k) for k in range(sig.args[5].count)]
+            f32x16 = _vec(ir.FloatType(), ACC_LANES)
+            sums = [cgutils.alloca_once_value(builder, ir.Constant(f32x16, [0.0] * ACC_LANES)) for _ in rows]
+
+            def block_lanes(block, k_rows):  # per token, the float32 lanes of one block's product
+                ob = builder.add(o_, builder.mul(block, ir.Constant(block.type, layout["size"])))
+                weights = _q32_values(context, builder, w_type, w_, ob, layout)
                 super_d = _f16(context, builder, w_type, w_, ob, 0)
-                block = _const_offset(builder, b_, j)
-                for k, row in enumerate(rows):
-                    acts = builder.sext(qm.load(row, builder.mul(block, ir.Constant(block.type, 32)), _vec(_I8, 32)),
-                                        _vec(_I16, 32))
+                offset = _f16(context, builder, w_type, w_, ob, layout["m"]) if "m" in layout else None
+                block = builder.add(b_, block)
+                first = builder.mul(block, ir.Constant(block.type, 32))
+                out = []
+                for row in k_rows:
+                    acts = builder.sext(qm.load(row, first, _vec(_I8, 32)), _vec(_I16, 32))
                     pairs = _pairs_generic(builder, weights, acts, builder.sext, builder.sext, _I32)  # VPMADDWD
                     lanes = _scaled(builder, pairs, builder.fmul(super_d, dm.load(row, block, ir.FloatType())))
-                    sums[k] = lanes if sums[k] is None else builder.fadd(sums[k], lanes)
+                    if offset is not None:  # + m * s, in one lane (the lanes are summed at the end)
+                        extra = builder.fmul(offset, sm.load(row, block, ir.FloatType()))
+                        lanes = builder.fadd(lanes, builder.insert_element(ir.Constant(f32x16, [0.0] * ACC_LANES),
+                                                                           extra, ir.Constant(_I32, 0)))
+                    out.append(lanes)
+                return out
+
+            def run(first_block, unroll: int):  # `unroll` blocks, summed as a tree, then into the sums
+                parts = [block_lanes(_const_offset(builder, first_block, u), rows) for u in range(unroll)]
+                while len(parts) > 1:
+                    parts = [[builder.fadd(a, b) for a, b in zip(parts[i], parts[i + 1])]
+                             for i in range(0, len(parts), 2)]
+                for k in range(len(rows)):
+                    builder.store(builder.fadd(builder.load(sums[k]), parts[0][k]), sums[k])
+
+            unroll = 8  # blocks per step: a sum chain of one add per 256 values, not per 32
+            steps = builder.udiv(count_, ir.Constant(count_.type, unroll))
+            with cgutils.for_range(builder, steps) as loop:
+                run(builder.mul(loop.index, ir.Constant(count_.type, unroll)), unroll)
+            done = builder.mul(steps, ir.Constant(count_.type, unroll))
+            with cgutils.for_range(builder, builder.sub(count_, done)) as loop:
+                run(builder.add(done, loop.index), 1)
             for k in range(len(rows)):
-                _add_into(builder, accm, k, sums[k])
+                _add_into(builder, accm, k, builder.load(sums[k]))
             return context.get_dummy_value()
 
         return signature, codegen
