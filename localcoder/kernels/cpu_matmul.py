@@ -25,8 +25,8 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from numba import njit, prange
 
+from localcoder.kernels.simd import f16_at
 from quant import jit  # noqa: F401  (numba cache location; must precede the cached kernels below)
-from quant.ksearch import fp16_bits_to_fp32
 from quant.quantize import dequantize, qtype_of
 
 T = GGMLQuantizationType
@@ -37,22 +37,6 @@ SUPPORTED = tuple(KINDS) + FLOAT_TYPES
 TILE = 8  # rows a thread decodes before its dot products (8 x 2048 float32 = 64 KiB)
 BLAS_MIN_TOKENS = 16  # from this many tokens, decode slices of the tensor and multiply with BLAS
 BLAS_SLICE_VALUES = 1 << 20  # float32 values decoded per BLAS slice (4 MiB)
-
-
-# 2**(e - 25) for a binary16 exponent field e (2**-24 for subnormals, e = 0): value = (1024 * [e > 0] + mantissa) * it
-_F16_SCALE = np.array([2.0 ** -24] + [2.0 ** (e - 25) for e in range(1, 32)], dtype=F)
-
-
-@njit(cache=True, inline="always")
-def _f16(b, i):
-    """float32 of the little-endian binary16 at b[i:i+2] (exact; a table instead of quant's general converter,
-    which is too slow for Q8_0's scale every 32 values)."""
-    h = np.int32(b[i]) | (np.int32(b[i + 1]) << 8)
-    e, m = (h >> 10) & 0x1F, h & 0x3FF
-    if e == 31:
-        return fp16_bits_to_fp32(h)  # inf / nan
-    v = F(m | (1024 if e > 0 else 0)) * _F16_SCALE[e]
-    return -v if h & 0x8000 else v
 
 
 @njit(cache=True, inline="always")
@@ -74,7 +58,7 @@ def _decode_block(kind, b, y):
     """The float32 values of one K-quant block (bytes b) into y, as ggml's dequantize_row_*:
     (d * scale) * q - dmin * min."""
     if kind == 4:  # Q2_K: scales[16] @0, qs[64] @16, d @80, dmin @82
-        d, dmin = _f16(b, 80), _f16(b, 82)
+        d, dmin = f16_at(b, 80), f16_at(b, 82)
         for n in range(2):
             for k in range(4):
                 for h in range(2):
@@ -84,7 +68,7 @@ def _decode_block(kind, b, y):
                     for l in range(16):
                         y[o + l] = dl * F((b[src + l] >> (2 * k)) & 3) - ml
     elif kind == 5:  # Q3_K: hmask[32] @0, qs[64] @32, scales[12] @96, d @108
-        d = _f16(b, 108)
+        d = f16_at(b, 108)
         for n in range(2):
             for k in range(4):
                 for h in range(2):
@@ -97,7 +81,7 @@ def _decode_block(kind, b, y):
                         high = np.int32((b[16 * h + l] >> (4 * n + k)) & 1)
                         y[o + l] = dl * F(low - 4 + 4 * high)
     elif kind == 6:  # Q4_K: d @0, dmin @2, scales[12] @4, qs[128] @16
-        d, dmin = _f16(b, 0), _f16(b, 2)
+        d, dmin = f16_at(b, 0), f16_at(b, 2)
         for n in range(4):
             s0, m0 = _k4(b, 2 * n)
             s1, m1 = _k4(b, 2 * n + 1)
@@ -108,7 +92,7 @@ def _decode_block(kind, b, y):
                 y[64 * n + 32 + l] = d1 * F(byte >> 4) - m1
     elif kind == 7:  # Q5_K: d @0, dmin @2, scales[12] @4, qh[32] @16, qs[128] @48
         # kept apart from Q4_K on purpose: one branch with the fifth bit masked off cost Q4_K decode ~15%
-        d, dmin = _f16(b, 0), _f16(b, 2)
+        d, dmin = f16_at(b, 0), f16_at(b, 2)
         for n in range(4):
             s0, m0 = _k4(b, 2 * n)
             s1, m1 = _k4(b, 2 * n + 1)
@@ -118,7 +102,7 @@ def _decode_block(kind, b, y):
                 y[64 * n + l] = d0 * F((byte & 0xF) | (((high >> (2 * n)) & 1) << 4)) - m0
                 y[64 * n + 32 + l] = d1 * F((byte >> 4) | (((high >> (2 * n + 1)) & 1) << 4)) - m1
     else:  # Q6_K: ql[128] @0, qh[64] @128, scales int8[16] @192, d @208
-        d = _f16(b, 208)
+        d = f16_at(b, 208)
         for n in range(2):
             for h in range(2):
                 s0, s1, s2, s3 = (d * _i8(b[192 + 8 * n + h]), d * _i8(b[194 + 8 * n + h]),
@@ -134,7 +118,7 @@ def _decode_block(kind, b, y):
 @njit(cache=True, error_model="numpy", inline="always")
 def _decode_block32(kind, b, y):
     """A 32-value block as ggml's dequantize_row_q4_0 / q5_0 / q5_1 / q8_0 (nibble j: values j and j + 16)."""
-    d = _f16(b, 0)
+    d = f16_at(b, 0)
     if kind == 3:  # Q8_0: d, qs int8[32]
         for l in range(32):
             y[l] = _i8(b[2 + l]) * d
@@ -146,7 +130,7 @@ def _decode_block32(kind, b, y):
         o = 2 if kind == 1 else 4
         qh = np.int64(b[o]) | (np.int64(b[o + 1]) << 8) | (np.int64(b[o + 2]) << 16) | (np.int64(b[o + 3]) << 24)
         shift = 16 if kind == 1 else 0
-        m = _f16(b, 2) if kind == 2 else F(0.0)
+        m = f16_at(b, 2) if kind == 2 else F(0.0)
         for l in range(16):
             lo = np.int32(b[o + 4 + l] & 0xF) | np.int32(((qh >> l) << 4) & 0x10)
             hi = np.int32(b[o + 4 + l] >> 4) | np.int32((qh >> (l + 12)) & 0x10)
