@@ -193,19 +193,21 @@ def round_activations(x: np.ndarray, block: int) -> np.ndarray:
             scale = np.where(vmax == 0, 0, np.float32(1.0) / iscale)
         q = np.where(vmax == 0, 0, q)
     else:
-        amax = np.abs(x32).max(axis=-1, keepdims=True)
-        with np.errstate(divide="ignore"):
-            q = np.rint(x32 * np.where(amax == 0, 0, np.float32(127.0) / amax))
+        q, amax = _q8_0_values(x32)
         scale = (amax / np.float32(127.0)).astype(np.float16)
     return (q.astype(np.float64) * scale.astype(np.float64)).reshape(x.shape)
+
+
+def _q8_0_values(x32: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's Q8_0 / Q8_1 values of float32 blocks [..., 32] (x * 127/amax rounded half to even) and amax."""
+    amax = np.abs(x32).max(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        return np.rint(x32 * np.where(amax == 0, 0, np.float32(127.0) / amax)), amax
 
 
 def q8_1_sums(x: np.ndarray) -> np.ndarray:
     """ggml's Q8_1 block sums of x (float64 [T, n]): float16(amax/127 * sum of the rounded values) per 32 values,
     [T, n / 32], computed in float32 as ggml does."""
-    x32 = np.asarray(x, np.float32).reshape(x.shape[0], -1, 32)
-    amax = np.abs(x32).max(axis=-1, keepdims=True)
-    with np.errstate(divide="ignore"):
-        q = np.rint(x32 * np.where(amax == 0, 0, np.float32(127.0) / amax))
+    q, amax = _q8_0_values(np.asarray(x, np.float32).reshape(x.shape[0], -1, 32))
     total = q.sum(axis=-1, dtype=np.float32)
     return ((amax[..., 0] / np.float32(127.0)) * total).astype(np.float16).astype(np.float64)

@@ -29,11 +29,16 @@ def transformers_logits(hf_dir, tokens: list[int]) -> np.ndarray:
         return model(torch.tensor([tokens])).logits[0].numpy()
 
 
-def llama_cpp_logits(gguf_path, tokens: list[int]) -> np.ndarray:
+def llama_for_logits(gguf_path):
+    """llama.cpp on a file, keeping every position's logits, with a float32 KV cache (like localcoder's)."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(gguf_path), n_ctx=512, n_batch=512, logits_all=True, n_threads=2, verbose=False,
-                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+    return llama_cpp.Llama(str(gguf_path), n_ctx=512, n_batch=512, logits_all=True, n_threads=2, verbose=False,
+                           type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+
+
+def llama_cpp_logits(gguf_path, tokens: list[int]) -> np.ndarray:
+    llm = llama_for_logits(gguf_path)
     llm.eval(tokens)
     logits = np.array(llm.scores[: len(tokens)], dtype=np.float32)
     llm.close()

@@ -15,8 +15,8 @@ from localcoder.model import Model
 from localcoder.reference import forward
 from quant.convert import convert_hf
 from quant.quantize_file import quantize_model
-from test_llama_cpp_runs_our_files import (N_TOKENS, llama_cpp_logits, max_relative_error, prompt_tokens,
-                                           transformers_logits)
+from test_llama_cpp_runs_our_files import (N_TOKENS, llama_cpp_logits, llama_for_logits, max_relative_error,
+                                           prompt_tokens, transformers_logits)
 
 BOUND = 1e-4
 
@@ -142,10 +142,7 @@ def test_quantized_logits_against_llama_cpp_on_the_same_file(f32_files, tmp_path
 
 def llama_cpp_decoded_logits(path, tokens) -> np.ndarray:
     """llama.cpp's logits fed one token at a time (its decode path)."""
-    import llama_cpp
-
-    llm = llama_cpp.Llama(str(path), n_ctx=512, n_batch=512, n_threads=2, verbose=False, logits_all=True,
-                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+    llm = llama_for_logits(path)
     rows = []
     for t in tokens:
         llm.eval([t])

@@ -176,28 +176,28 @@ _q8_0, _q4_0, _q5_0, _q5_1 = (make_q32_accumulate(Q32_KINDS[k]) for k in (8, 10,
 
 
 @njit(cache=True)
-def _q32_row(kind, w, o, n_blocks, q, d, s, tokens, acc):
+def _q32_row(kind, w, o, n_blocks, q, d, sums, tokens, acc):
     """A row of a 32-value format (a function of its own: inlined, these loops slowed the K-quant path of the
     grouped kernel by a quarter)."""
     if kind == 8:
-        _q8_0(w, o, q, d, s, tokens, 0, acc, n_blocks)
+        _q8_0(w, o, q, d, sums, tokens, 0, acc, n_blocks)
     elif kind == 10:
-        _q4_0(w, o, q, d, s, tokens, 0, acc, n_blocks)
+        _q4_0(w, o, q, d, sums, tokens, 0, acc, n_blocks)
     elif kind == 11:
-        _q5_0(w, o, q, d, s, tokens, 0, acc, n_blocks)
+        _q5_0(w, o, q, d, sums, tokens, 0, acc, n_blocks)
     else:
-        _q5_1(w, o, q, d, s, tokens, 0, acc, n_blocks)
+        _q5_1(w, o, q, d, sums, tokens, 0, acc, n_blocks)
 
 
 @njit(cache=True, inline="always")
-def _row_dots(kind, w, o, n_blocks, q, d, bs, s_, tokens, acc, out, s, r):
+def _row_dots(kind, w, o, n_blocks, q, d, bs, sums, tokens, acc, out, s, r):
     """One weight row (bytes from w[o]) dotted with the activations of each token in `tokens` (rows of q, d,
-    bs, s_), into out[s + k, r]. Each block's scales are decoded right before its products, so a row streams
+    bs, and sums: QuantizedActivations.s), into out[s + k, r]. Each block's scales are decoded right before its products, so a row streams
     from memory once and in order (a separate pass over the scales first left the hardware prefetcher behind: 13
     instead of 35 GB/s on a big matrix)."""
     acc[:] = 0
     if kind >= 8:
-        _q32_row(kind, w, o, n_blocks, q, d, s_, tokens, acc)
+        _q32_row(kind, w, o, n_blocks, q, d, sums, tokens, acc)
     else:
         size = BLOCK_BYTES_K[kind]
         for b in range(n_blocks):
@@ -217,7 +217,7 @@ def _row_dots(kind, w, o, n_blocks, q, d, bs, s_, tokens, acc, out, s, r):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _grouped(kind, w, rows, row_bytes, experts, begins, ends, src, q, d, bs, s_, y):
+def _grouped(kind, w, rows, row_bytes, experts, begins, ends, src, q, d, bs, sums, y):
     """y[s, r] = row r of expert experts[g] . activations src[s], for the slots s in begins[g]:ends[g].
     w: all weight bytes, flat ([E, rows, row_bytes] in C order). A job is TILE rows of one group: its weight
     bytes stay in L1/L2 while the group's slots pass over them, TOKENS at a time (each weight block is unpacked once
@@ -232,11 +232,11 @@ def _grouped(kind, w, rows, row_bytes, experts, begins, ends, src, q, d, bs, s_,
             if s + TOKENS <= ends[g]:
                 tokens = (src[s], src[s + 1], src[s + 2], src[s + 3])
                 for r in range(tile * TILE, min(rows, tile * TILE + TILE)):
-                    _row_dots(kind, w, base + r * row_bytes, d.shape[1], q, d, bs, s_, tokens, acc, y, s, r)
+                    _row_dots(kind, w, base + r * row_bytes, d.shape[1], q, d, bs, sums, tokens, acc, y, s, r)
                 s += TOKENS
             else:
                 for r in range(tile * TILE, min(rows, tile * TILE + TILE)):
-                    _row_dots(kind, w, base + r * row_bytes, d.shape[1], q, d, bs, s_, (src[s],), acc, y, s, r)
+                    _row_dots(kind, w, base + r * row_bytes, d.shape[1], q, d, bs, sums, (src[s],), acc, y, s, r)
                 s += 1
 
 

@@ -344,8 +344,7 @@ def pow2(typingctx, n):
 def f16_at(typingctx, w, o):
     """The little-endian binary16 at bytes w[o:o+2] as float32 (one VCVTPH2PS where the CPU has F16C)."""
     def codegen(context, builder, sig, args):
-        half = _scalar_at(context, builder, sig.args[0], args[0], args[1], ir.HalfType())
-        return builder.fpext(half, ir.FloatType())
+        return _f16(context, builder, sig.args[0], args[0], args[1], 0)
 
     return types.float32(w, o), codegen
 
@@ -353,14 +352,14 @@ def f16_at(typingctx, w, o):
 # The 32-value formats: bytes per block and where the float16 d, the float16 m (Q5_1's offset), the 32 high bits
 # (Q5_*) and the quants live. Values are nibbles (Q4_*, Q5_*: low nibbles are values 0-15, high ones 16-31) plus
 # the high bit, minus a bias (signed formats), or int8 (Q8_0).
-_Q32 = {"q8_0": dict(size=34, qs=2), "q4_0": dict(size=18, qs=2, bias=8),
+_Q32 = {"q8_0": dict(size=34, qs=2, int8=True), "q4_0": dict(size=18, qs=2, bias=8),
         "q5_0": dict(size=22, qh=2, qs=6, bias=16), "q5_1": dict(size=24, m=2, qh=4, qs=8)}
 
 
 def _q32_values(context, builder, w_type, w_, ob, layout: dict):
     """The block's 32 weight values as <32 x i16> (signed; Q5_1's are 0..31 and its offset goes through m)."""
     qs = _const_offset(builder, ob, layout["qs"])
-    if layout["size"] == 34:  # q8_0: int8 values
+    if layout.get("int8"):  # q8_0
         return builder.sext(_load(context, builder, w_type, w_, qs, _vec(_I8, 32)), _vec(_I16, 32))
     packed = _load(context, builder, w_type, w_, qs, _vec(_I8, 16))
     nibbles = builder.shuffle_vector(_field(builder, packed, 0, 15), _field(builder, packed, 4, 15),
