@@ -6,6 +6,8 @@ without the "blk.N." prefix) and the layer's slice of the session state, which i
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from localcoder.gguf_model import ModelArgs
@@ -18,29 +20,59 @@ F = np.float32
 SCORES_BUDGET = 1 << 24  # attention scores kept at once (64 MiB of float32): long contexts go by query blocks
 
 
+class _Rows:
+    """Key and value rows shared by a KV cache and the snapshots taken of it.
+
+    Rows below `pinned` are read by snapshots and never change; rows from there on belong to `writer`, the one
+    cache that may append in place. A cache that is not the writer (or sits below the pin) copies its rows first,
+    so taking a snapshot costs nothing and restoring one costs a copy only when another state owns the rows."""
+
+    def __init__(self, capacity: int, n_kv: int, d: int):
+        self.k = np.empty((capacity, n_kv, d), F)
+        self.v = np.empty((capacity, n_kv, d), F)
+        self.pinned = 0
+        self.writer: weakref.ref | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+
 class KVCache:
     """Post-RoPE keys and values of one attention layer, grown by doubling up to the session's context."""
 
-    def __init__(self, n_kv: int, d: int):
-        self.k = np.empty((0, n_kv, d), F)
-        self.v = np.empty((0, n_kv, d), F)
-        self.length = 0
+    def __init__(self, n_kv: int, d: int, rows: _Rows | None = None, length: int = 0):
+        self.rows = rows or _Rows(0, n_kv, d)
+        self.length = length
+
+    @property
+    def k(self) -> np.ndarray:
+        return self.rows.k
+
+    @property
+    def v(self) -> np.ndarray:
+        return self.rows.v
 
     def append(self, k: np.ndarray, v: np.ndarray) -> None:
-        need = self.length + len(k)
-        if need > len(self.k):
-            size = max(need, 2 * len(self.k), 64)
-            for name in ("k", "v"):
-                grown = np.empty((size,) + self.k.shape[1:], F)
-                grown[:self.length] = getattr(self, name)[:self.length]
-                setattr(self, name, grown)
-        self.k[self.length:need], self.v[self.length:need] = k, v
+        need, rows = self.length + len(k), self.rows
+        owner = rows.writer() if rows.writer else None
+        if need > len(rows.k) or self.length < rows.pinned or owner not in (None, self):
+            size = max(need, 2 * len(rows.k), 64) if need > len(rows.k) else len(rows.k)
+            grown = _Rows(size, *rows.k.shape[1:])
+            grown.k[:self.length], grown.v[:self.length] = rows.k[:self.length], rows.v[:self.length]
+            self.rows = rows = grown
+        rows.writer = weakref.ref(self)
+        rows.k[self.length:need], rows.v[self.length:need] = k, v
         self.length = need
 
+    def share(self) -> "KVCache":
+        """A snapshot of this cache: its rows are pinned, so later appends (here or elsewhere) never change them."""
+        self.rows.pinned = max(self.rows.pinned, self.length)
+        return KVCache(0, 0, self.rows, self.length)
+
     def copy(self) -> "KVCache":
-        twin = KVCache(self.k.shape[1], self.k.shape[2])
-        twin.append(self.k[:self.length], self.v[:self.length])
-        return twin
+        """A cache that continues from this one's rows (copied only when it first appends over someone's rows)."""
+        return KVCache(0, 0, self.rows, self.length)
 
 
 def attention(x: np.ndarray, w: dict, args: ModelArgs, cache: KVCache) -> np.ndarray:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from localcoder.errors import UserError
 from localcoder.gguf_model import ModelArgs, load_fields, model_args
 from localcoder.layers import KVCache, attention, gated_delta_net, moe, rms_norm
+from localcoder.prefix_cache import PrefixCache, Snapshot
 from localcoder.sampling import SamplingParams, Sampler
 from localcoder.tokenizer import GGUFTokenizer
 from localcoder.weights import Weight, load_weights
@@ -44,6 +45,8 @@ class Model:
         self.end_ids = {i for i, t in enumerate(vocab) if t in END_OF_GENERATION}
         if self.tokenizer.eos_id is not None:
             self.end_ids.add(int(self.tokenizer.eos_id))
+        self.message_start_id = vocab.index("<|im_start|>") if "<|im_start|>" in vocab else None
+        self.computed_tokens = 0  # tokens run through the layers since load (prefix reuse shows here)
 
     @classmethod
     def load(cls, path, n_ctx: int | None = None, n_batch: int = 512, threads: int | None = None,
@@ -77,8 +80,9 @@ class Model:
             numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
         return cls(path, args, weights, fields, n_ctx, n_batch)
 
-    def new_session(self) -> "Session":
-        return Session(self)
+    def new_session(self, prefix_cache: PrefixCache | None = None) -> "Session":
+        """A fresh session; sessions given the same prefix_cache reuse each other's prompt prefixes."""
+        return Session(self, prefix_cache)
 
     def logits(self, token_ids) -> np.ndarray:
         """float32 [n_tokens, vocab]: the logits after each token, from one prefill at position 0."""
@@ -94,19 +98,21 @@ class Model:
 
     def generate(self, prompt, max_tokens: int = 256, stop: list[str] | tuple = (), tools: list[dict] | None = None,
                  session: "Session | None" = None, sampling: SamplingParams | None = None,
-                 **sampling_options) -> "Generation":
+                 prompt_tokens: list[int] | None = None, **sampling_options) -> "Generation":
         """Stream a completion of `prompt` (a string, or chat messages rendered with `tools`).
 
         Iterating yields `Step`s (token id and the text it completes); the Generation records timings and why it
         finished ("stop": an end-of-generation token or a stop string; "length": max_tokens or the context).
-        Passing the same `session` across calls reuses the longest prefix it already holds."""
+        Passing the same `session` across calls reuses the longest prefix it (or its prefix cache) holds;
+        `prompt_tokens` gives the prompt already tokenized (then `prompt` is ignored)."""
         sampling = sampling or SamplingParams(**sampling_options)
-        return Generation(self, self.encode_prompt(prompt, tools), max_tokens, list(stop),
-                          session or self.new_session(), Sampler(sampling))
+        ids = list(prompt_tokens) if prompt_tokens is not None else self.encode_prompt(prompt, tools)
+        return Generation(self, ids, max_tokens, list(stop), session or self.new_session(), Sampler(sampling))
 
     def forward(self, state: "Session", token_ids: np.ndarray, which: str) -> np.ndarray | None:
         """Run tokens through every layer, continuing `state`; logits of "all" tokens, the "last" one, or "none"."""
         a = self.args
+        self.computed_tokens += len(token_ids)
         h = self.weights["token_embd.weight"].rows(token_ids)
         for i, w in enumerate(self.layers):
             x = rms_norm(h, w["attn_norm.weight"].vector(), a.eps)
@@ -123,13 +129,13 @@ class Model:
 
 class Session:
     """A sequence being run: KV caches of the attention layers, conv and recurrent state of the DeltaNet
-    layers, and the tokens fed so far."""
+    layers, and the tokens fed so far; snapshots of it along each prompt go to its prefix cache."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, prefix_cache: PrefixCache | None = None):
         self.model = model
         self.layers = _empty_layers(model.args)
         self.tokens: list[int] = []
-        self.mark: "Snapshot | None" = None  # taken after each prompt, for prefix reuse
+        self.prefix_cache = prefix_cache if prefix_cache is not None else PrefixCache()
 
     def feed(self, token_ids, all_logits: bool = False) -> np.ndarray:
         """Continue the session with token_ids; logits of the last one (float32 [vocab]), or of all of them
@@ -152,12 +158,14 @@ class Session:
             self.tokens.extend(int(t) for t in chunk)
         return np.concatenate(pieces) if all_logits else pieces[-1][-1]
 
-    def snapshot(self) -> "Snapshot":
-        """A copy of the state at the current position that later feeding does not change."""
-        return Snapshot(list(self.tokens), _copy_layers(self.layers))
+    def snapshot(self) -> Snapshot:
+        """The state at the current position, unchanged by later feeding (KV rows shared, DeltaNet states copied)."""
+        return Snapshot(tuple(self.tokens), [layer.share() if isinstance(layer, KVCache) else
+                                             {k: v.copy() for k, v in layer.items()} for layer in self.layers])
 
-    def restore(self, snapshot: "Snapshot") -> None:
+    def restore(self, snapshot: Snapshot) -> None:
         """Return to a snapshot (the snapshot stays usable)."""
+        self.layers = None  # drop this state's claim on its KV rows first, so the restored state may extend them
         self.tokens = list(snapshot.tokens)
         self.layers = _copy_layers(snapshot.layers)
 
@@ -165,15 +173,31 @@ class Session:
         self.tokens, self.layers = [], _empty_layers(self.model.args)
 
     def reuse_prefix(self, prompt: list[int]) -> int:
-        """Bring the session to the longest state it holds that is a prefix of `prompt` (its current position
-        or its mark), or to empty; returns how many prompt tokens need no feeding."""
-        for candidate in (self.tokens, self.mark.tokens if self.mark else None):
-            if candidate is not None and len(candidate) < len(prompt) and prompt[:len(candidate)] == candidate:
-                if candidate is not self.tokens:
-                    self.restore(self.mark)
-                return len(candidate)
-        self.reset()
-        return 0
+        """Bring the session to the longest state that is a prefix of `prompt` (its current position or a
+        snapshot in its prefix cache), or to empty; returns how many prompt tokens need no feeding."""
+        n = len(self.tokens)
+        own = n if n < len(prompt) and prompt[:n] == self.tokens else 0
+        cached = self.prefix_cache.longest_prefix(prompt)
+        if cached is not None and len(cached.tokens) > own:
+            self.restore(cached)
+            return len(cached.tokens)
+        if own == 0:
+            self.reset()
+        return own
+
+    def feed_prompt(self, prompt: list[int], cancelled=lambda: False) -> tuple[np.ndarray | None, int]:
+        """Feed `prompt` from the longest reusable prefix, snapshotting at checkpoints into the prefix cache.
+        Returns the logits of its last token (None when `cancelled()` turned true between checkpoints) and how
+        many prompt tokens were reused."""
+        start = reused = self.reuse_prefix(prompt)
+        logits = None
+        for end in self.prefix_cache.checkpoints(prompt, start, self.model.message_start_id):
+            if cancelled():
+                return None, reused
+            logits = self.feed(prompt[start:end])
+            self.prefix_cache.add(self.snapshot())
+            start = end
+        return logits, reused
 
 
 def _empty_layers(a: ModelArgs) -> list:
@@ -187,12 +211,6 @@ def _empty_layers(a: ModelArgs) -> list:
 def _copy_layers(layers: list) -> list:
     return [layer.copy() if isinstance(layer, KVCache) else {k: v.copy() for k, v in layer.items()}
             for layer in layers]
-
-
-@dataclass
-class Snapshot:
-    tokens: list[int]
-    layers: list
 
 
 @dataclass
@@ -215,6 +233,7 @@ class Generation:
     session: Session
     sampler: Sampler
     generated: list[int] = field(default_factory=list)
+    cancelled: Callable[[], bool] = lambda: False  # polled between checkpoints and tokens
     reused_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
@@ -223,14 +242,18 @@ class Generation:
 
     def __iter__(self) -> Iterator[Step]:
         start = time.perf_counter()
-        self.reused_tokens = self.session.reuse_prefix(self.prompt_tokens)
-        logits = self.session.feed(self.prompt_tokens[self.reused_tokens:])
-        self.session.mark = self.session.snapshot()
+        logits, self.reused_tokens = self.session.feed_prompt(self.prompt_tokens, self.cancelled)
         self.prefill_seconds = time.perf_counter() - start
+        if logits is None:
+            self.finish_reason = "cancelled"
+            return
         start = time.perf_counter()
         emitted = 0  # characters of self.text already yielded
         try:
             while True:
+                if self.cancelled():
+                    self.finish_reason = "cancelled"
+                    break
                 token = self.sampler.sample(logits, self.prompt_tokens + self.generated)
                 if token in self.model.end_ids:
                     self.finish_reason = "stop"
