@@ -160,9 +160,10 @@ def inspect(
 @user_errors
 def demo(
     type_name: str = typer.Option("Q8_0", "--type", "-t", help="Type of the demo GGUF."),
-    generate: bool = typer.Option(True, help="Also run a short generation on it with the CPU runtime."),
+    generate: bool = typer.Option(True, help="Also serve it and send one chat request through the API."),
 ) -> None:
-    """Build the embedded demo model (random weights), convert it to GGUF, show what is inside and run it."""
+    """Build the embedded demo model (random weights), convert it to GGUF, show what is inside, serve it and send
+    it one chat request through the OpenAI-compatible API."""
     from localcoder.demo import ensure_demo_gguf
     from localcoder.gguf_info import read_gguf_info
 
@@ -172,13 +173,20 @@ def demo(
     out.print("The demo model has the Qwen3-Coder-Next architecture at a small size with random weights: it "
               "exercises every command, it does not write useful code.", soft_wrap=True)
     if generate:
-        from localcoder.model import Model
+        from localcoder.server.app import BackgroundServer, create_app
+        from localcoder.server.launch import demo_request, load_engine
 
-        model = Model.load(path, n_ctx=4096)
+        engine, name = load_engine(path, n_ctx=4096, threads=None, cache_gib=0.25, max_queue=4)
         prompt = "Write a Python function that reverses a string."
-        out.print(f"[bold]localcoder run {path.name} \"{prompt}\"[/] (greedy, 32 tokens):", soft_wrap=True)
-        stream_completion(model, [{"role": "user", "content": prompt}], model.new_session(), max_tokens=32,
-                          temperature=0.0)
+        with BackgroundServer(create_app(engine, name)) as url:
+            out.print(f"[bold]localcoder serve[/] is up at {url}; POST {url}/v1/chat/completions "
+                      f"\"{prompt}\" (greedy, 32 tokens):", soft_wrap=True, highlight=False)
+            reply = demo_request(url, name, prompt)
+        engine.close()
+        sys.stdout.write(reply["choices"][0]["message"]["content"] + "\n")
+        usage = reply["usage"]
+        err.print(f"[dim]finish: {reply['choices'][0]['finish_reason']} · usage: {usage['prompt_tokens']} prompt + "
+                  f"{usage['completion_tokens']} completion tokens[/]", soft_wrap=True, highlight=False)
 
 
 def stream_completion(model, messages: list[dict], session, **options):
@@ -237,6 +245,30 @@ def run(
         messages.append({"role": "user", "content": line})
         generation = stream_completion(model, messages, session, **options)
         messages.append({"role": "assistant", "content": generation.text})
+
+
+@app.command()
+@user_errors
+def serve(
+    model_path: Optional[Path] = typer.Argument(None, help="A Qwen3-Next GGUF; without it, the embedded demo model."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes it to the network)."),
+    port: int = typer.Option(8080, help="TCP port."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LOCALCODER_API_KEY",
+                                          help="Require this key (Authorization: Bearer or x-api-key)."),
+    ctx: Optional[int] = typer.Option(None, "--ctx", "--ctx-size", "-c", min=1,
+                                      help="Longest conversation in tokens (default: the model's, at most 32768)."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="CPU threads (default: all)."),
+    cache_ram: float = typer.Option(2.0, "--cache-ram", help="GiB of RAM for prefix-reuse snapshots."),
+    max_body: int = typer.Option(32, "--max-body", min=1, help="Largest request body in MiB."),
+    max_queue: int = typer.Option(64, "--max-queue", min=1, help="Most requests waiting; more get a 503."),
+) -> None:
+    """Serve a model to coding agents: OpenAI (/v1/chat/completions, /v1/completions, /v1/models) and Anthropic
+    (/v1/messages) APIs with streaming, tool calls and prefix reuse across turns."""
+    from localcoder.server.launch import load_engine, serve_forever
+
+    engine, name = load_engine(model_path, ctx, threads, cache_ram, max_queue)
+    serve_forever(engine, name, host, port, api_key, max_body << 20, lambda text: out.print(text, soft_wrap=True,
+                                                                                           highlight=False))
 
 
 @app.command()

@@ -220,6 +220,8 @@ class Step:
 
     token: int | None  # None for the last piece of text held back while incomplete
     text: str
+    logprob: float | None = None  # log-probability of `token` under the model (when asked for)
+    top_logprobs: list[tuple[int, float]] | None = None  # the most likely tokens and theirs
 
 
 @dataclass
@@ -234,6 +236,8 @@ class Generation:
     sampler: Sampler
     generated: list[int] = field(default_factory=list)
     cancelled: Callable[[], bool] = lambda: False  # polled between checkpoints and tokens
+    logprobs: int | None = None  # report each token's log-probability and this many alternatives
+    stop_sequence: str | None = None  # the stop string that ended the text, if one did
     reused_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
@@ -255,6 +259,7 @@ class Generation:
                     self.finish_reason = "cancelled"
                     break
                 token = self.sampler.sample(logits, self.prompt_tokens + self.generated)
+                scores = _logprobs(logits, token, self.logprobs) if self.logprobs is not None else (None, None)
                 if token in self.model.end_ids:
                     self.finish_reason = "stop"
                     break
@@ -262,12 +267,13 @@ class Generation:
                 self.text = self.model.tokenizer.decode(self.generated)
                 cut = _stop_position(self.text, self.stop)
                 if cut is not None:
+                    self.stop_sequence = min((s for s in self.stop if s and s in self.text), key=self.text.find)
                     self.text, self.finish_reason = self.text[:cut], "stop"
-                    yield Step(token, self.text[emitted:])
+                    yield Step(token, self.text[emitted:], *scores)
                     emitted = len(self.text)
                     break
                 safe = _safe_length(self.text, self.stop)
-                yield Step(token, self.text[emitted:safe])
+                yield Step(token, self.text[emitted:safe], *scores)
                 emitted = max(emitted, safe)
                 if len(self.generated) >= self.max_tokens or len(self.session.tokens) >= self.model.n_ctx:
                     self.finish_reason = "length"
@@ -286,6 +292,15 @@ class Generation:
     @property
     def tokens_per_second(self) -> float:
         return len(self.generated) / self.decode_seconds if self.decode_seconds else 0.0
+
+
+def _logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+    """log softmax of the model's logits (before sampling's penalties and temperature): the token's, and the top ones."""
+    x = np.asarray(logits, np.float64)
+    shifted = x - x.max()
+    logp = shifted - np.log(np.exp(shifted).sum())
+    best = np.argsort(-logp, kind="stable")[:top] if top else []
+    return float(logp[token]), [(int(i), float(logp[i])) for i in best]
 
 
 def _stop_position(text: str, stop: list[str]) -> int | None:
