@@ -28,14 +28,18 @@ class _Rows:
     so taking a snapshot costs nothing and restoring one costs a copy only when another state owns the rows."""
 
     def __init__(self, capacity: int, n_kv: int, d: int):
-        self.k = np.empty((capacity, n_kv, d), F)
-        self.v = np.empty((capacity, n_kv, d), F)
+        self.k = np.empty((n_kv, capacity, d), F)  # head-major: each head's keys are one matrix for BLAS
+        self.v = np.empty((n_kv, capacity, d), F)
         self.pinned = 0
         self.writer: weakref.ref | None = None
 
     @property
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[1]
 
 
 class KVCache:
@@ -46,23 +50,25 @@ class KVCache:
         self.length = length
 
     @property
-    def k(self) -> np.ndarray:
-        return self.rows.k
+    def keys(self) -> np.ndarray:
+        """[n_kv, length, d] (a view)."""
+        return self.rows.k[:, :self.length]
 
     @property
-    def v(self) -> np.ndarray:
-        return self.rows.v
+    def values(self) -> np.ndarray:
+        return self.rows.v[:, :self.length]
 
     def append(self, k: np.ndarray, v: np.ndarray) -> None:
-        need, rows = self.length + len(k), self.rows
+        """Add the keys and values of len(k) tokens, each [T, n_kv, d]."""
+        need, rows, n = self.length + len(k), self.rows, self.length
         owner = rows.writer() if rows.writer else None
-        if need > len(rows.k) or self.length < rows.pinned or owner not in (None, self):
-            size = max(need, 2 * len(rows.k), 64) if need > len(rows.k) else len(rows.k)
-            grown = _Rows(size, *rows.k.shape[1:])
-            grown.k[:self.length], grown.v[:self.length] = rows.k[:self.length], rows.v[:self.length]
+        if need > rows.capacity or n < rows.pinned or owner not in (None, self):
+            size = max(need, 2 * rows.capacity, 64) if need > rows.capacity else rows.capacity
+            grown = _Rows(size, rows.k.shape[0], rows.k.shape[2])
+            grown.k[:, :n], grown.v[:, :n] = rows.k[:, :n], rows.v[:, :n]
             self.rows = rows = grown
         rows.writer = weakref.ref(self)
-        rows.k[self.length:need], rows.v[self.length:need] = k, v
+        rows.k[:, n:need], rows.v[:, n:need] = k.transpose(1, 0, 2), v.transpose(1, 0, 2)
         self.length = need
 
     def share(self) -> "KVCache":
@@ -90,17 +96,18 @@ def attention(x: np.ndarray, w: dict, args: ModelArgs, cache: KVCache) -> np.nda
     q = rope_neox(q, positions, args.rope_dim, args.rope_base)
     k = rope_neox(k, positions, args.rope_dim, args.rope_base)
     cache.append(k, v)
-    out = _causal_attention(q, cache.k[:cache.length], cache.v[:cache.length], past)
+    out = _causal_attention(q, cache.keys, cache.values, past)
     return w["attn_output.weight"].matmul(out.reshape(n_tok, nh * d) * sigmoid(gate))
 
 
 def _causal_attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, past: int) -> np.ndarray:
-    """softmax(q k^T / sqrt(d)) v over keys 0..past+t for query t; q [T, nh, d], keys/values [S, nkv, d]."""
+    """softmax(q k^T / sqrt(d)) v over keys 0..past+t for query t; q [T, nh, d], keys/values [nkv, S, d]
+    (the cache's head-major views: no copy of the cache per call, which would make decode O(context))."""
     n_tok, nh, d = q.shape
-    nkv, n_keys = keys.shape[1], keys.shape[0]
+    nkv, n_keys = keys.shape[0], keys.shape[1]
     group = nh // nkv  # query head h reads kv head h // group
-    kt = np.ascontiguousarray(keys.transpose(1, 2, 0))[:, None]  # [nkv, 1, d, S]
-    vt = np.ascontiguousarray(values.transpose(1, 0, 2))[:, None]  # [nkv, 1, S, d]
+    kt = keys[:, None].transpose(0, 1, 3, 2)  # [nkv, 1, d, S], a transposed view BLAS reads as is
+    vt = values[:, None]  # [nkv, 1, S, d]
     out = np.empty((n_tok, nh, d), F)
     block = max(1, SCORES_BUDGET // (nh * n_keys))
     scale = F(1.0 / np.sqrt(d))

@@ -83,5 +83,5 @@ def render_chat_template(template: str, messages: list[dict], tools: list[dict] 
     try:
         return _environment().from_string(template).render(
             messages=messages, tools=tools, add_generation_prompt=add_generation_prompt, **extra)
-    except TemplateError as e:
+    except (TemplateError, TypeError, ValueError, KeyError, AttributeError) as e:  # a message the template can't read
         raise UserError(f"the chat template failed: {e}") from None

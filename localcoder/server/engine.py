@@ -65,10 +65,12 @@ class Counters:
 
 
 class Engine:
-    """Owns the model, its one session and the prefix cache; `submit` queues a Job (at most `max_queue` waiting)."""
+    """Owns the model, its one session and the prefix cache; `submit` queues a Job (at most `max_queue` waiting).
+    reuse_prefix=False runs every prompt from scratch (the benchmark's baseline)."""
 
-    def __init__(self, model: Model, prefix_cache: PrefixCache | None = None, max_queue: int = 64):
-        self.model = model
+    def __init__(self, model: Model, prefix_cache: PrefixCache | None = None, max_queue: int = 64,
+                 reuse_prefix: bool = True):
+        self.model, self.reuse_prefix = model, reuse_prefix
         self.session = model.new_session(prefix_cache or PrefixCache())
         self.max_queue = max_queue
         self.jobs: queue.Queue = queue.Queue()
@@ -109,6 +111,9 @@ class Engine:
             c.cancelled += 1
             self._send(job, Outcome("cancelled", len(job.prompt), 0, 0))
             return
+        if not self.reuse_prefix:
+            self.session.reset()
+            self.session.prefix_cache.entries.clear()
         generation = self.model.generate(None, prompt_tokens=job.prompt, max_tokens=job.max_tokens, stop=job.stop,
                                          session=self.session, sampling=job.sampling)
         generation.cancelled, generation.logprobs = job.cancel_flag.is_set, job.logprobs
