@@ -5,7 +5,7 @@ with prefix reuse and without, and llama.cpp (llama-cpp-python) on the same file
 
 The conversation grows like a coding agent's: a system prompt with tool definitions, then per turn a tool result
 holding a file (~250 tokens of code) and a fixed assistant reply, so every engine sees the same prompts. Requests
-go through the OpenAI SDK over HTTP, streaming, greedy. llama.cpp runs each turn from an empty context: its Python
+go through the OpenAI SDK over HTTP, streaming, greedy, after one unmeasured warm-up request per engine. llama.cpp runs each turn from an empty context: its Python
 binding cannot roll a hybrid model's recurrent state back to a shared prefix (llama.cpp's own server keeps state
 checkpoints for that), so a cold prefill is what it can do correctly here.
 """
@@ -35,6 +35,7 @@ TOOLS = [{"type": "function", "function": {"name": name, "description": text, "p
                        ("write_file", "Write text to a file, creating folders as needed."),
                        ("run_tests", "Run the test suite and report failures."),
                        ("search", "Search the workspace for a regular expression.")]]
+WARM_UP = [{"role": "user", "content": "warm up"}]
 console = Console()
 
 
@@ -65,6 +66,7 @@ def run_localcoder(path: Path, turns: list, gen: int, threads: int, reuse: bool)
     rows = []
     with BackgroundServer(create_app(engine, "bench")) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+        client.chat.completions.create(model="bench", messages=WARM_UP, max_tokens=4)  # page in, compile: unmeasured
         for messages in turns:
             start = time.perf_counter()
             first = None
@@ -89,6 +91,7 @@ def run_llama(path: Path, prompts: list[list[int]], gen: int, threads: int) -> l
 
     llm = llama_cpp.Llama(str(path), n_ctx=8192, n_batch=512, n_ubatch=512, n_threads=threads,
                           n_threads_batch=threads, verbose=False)
+    llm.create_completion(prompts[0][:16], max_tokens=4)  # warm up, unmeasured
     rows = []
     for prompt in prompts:
         llm.reset()
