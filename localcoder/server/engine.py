@@ -29,6 +29,7 @@ class Job:
     logprobs: int | None = None
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancel_flag: threading.Event = field(default_factory=threading.Event)
+    loop: asyncio.AbstractEventLoop | None = None  # the event loop `events` belongs to (set by submit)
 
     def cancel(self) -> None:
         self.cancel_flag.set()
