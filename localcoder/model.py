@@ -265,9 +265,9 @@ class Generation:
                     break
                 self.generated.append(token)
                 self.text = self.model.tokenizer.decode(self.generated)
-                cut = _stop_position(self.text, self.stop)
-                if cut is not None:
-                    self.stop_sequence = min((s for s in self.stop if s and s in self.text), key=self.text.find)
+                hit = _first_stop(self.text, self.stop)
+                if hit is not None:
+                    cut, self.stop_sequence = hit
                     self.text, self.finish_reason = self.text[:cut], "stop"
                     yield Step(token, self.text[emitted:], *scores)
                     emitted = len(self.text)
@@ -303,8 +303,9 @@ def _logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, list[tup
     return float(logp[token]), [(int(i), float(logp[i])) for i in best]
 
 
-def _stop_position(text: str, stop: list[str]) -> int | None:
-    hits = [text.find(s) for s in stop if s and s in text]
+def _first_stop(text: str, stop: list[str]) -> tuple[int, str] | None:
+    """(position, stop string) of the earliest stop string in text, or None."""
+    hits = [(text.find(s), s) for s in stop if s and s in text]
     return min(hits) if hits else None
 
 

@@ -73,6 +73,9 @@ class PrefixCache:
             self.entries.popitem(last=False)
             self.stats.evictions += 1
 
+    def clear(self) -> None:
+        self.entries.clear()
+
     @property
     def nbytes(self) -> int:
         """Recurrent states of every snapshot plus each distinct KV row buffer once."""
@@ -86,12 +89,10 @@ class PrefixCache:
     def checkpoints(self, prompt: list[int], start: int, message_start_id: int | None) -> list[int]:
         """Positions after which to snapshot while feeding prompt[start:]: message starts at least min_gap tokens
         apart, the last message start, and the end."""
-        end = len(prompt)
-        marks = np.flatnonzero(np.asarray(prompt[start:]) == message_start_id) + start if message_start_id is not None \
-            else np.empty(0, np.int64)
+        marks = [start + int(i) for i in np.flatnonzero(np.asarray(prompt[start:]) == message_start_id)]
         chosen, last = [], start
-        for i, pos in enumerate(int(p) for p in marks):
+        for i, pos in enumerate(marks):
             if pos > start and (pos - last >= self.min_gap or i == len(marks) - 1):
                 chosen.append(pos)
                 last = pos
-        return chosen + [end] if not chosen or chosen[-1] != end else chosen
+        return chosen + [len(prompt)]  # message starts lie before the end

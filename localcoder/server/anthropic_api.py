@@ -7,16 +7,11 @@ from typing import Literal, Optional, Union
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from localcoder.server.toolcalls import new_call_id
-from localcoder.server.turns import APIError, Turn, build_turn, render, run_turn, sampling_params
-
-MAX_STOP = 16
-
-
-class Loose(BaseModel):
-    model_config = ConfigDict(extra="allow")
+from localcoder.server.toolcalls import ToolCall, new_call_id
+from localcoder.server.turns import (APIError, Loose, Turn, build_turn, checked_stops, raise_if_failed, render,
+                                     run_turn, sampling_params)
 
 
 class Block(Loose):
@@ -120,6 +115,11 @@ def tool_mode(choice: ToolChoice | None) -> str:
     return {"any": "required", "none": "none"}.get(choice.type) or f"function:{choice.name}"
 
 
+def tool_use_id(call: ToolCall) -> str:
+    """Anthropic's id form (toolu_...) for a parsed call."""
+    return "toolu_" + call.id.removeprefix("call_")
+
+
 def sse(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -149,13 +149,11 @@ def router(state) -> APIRouter:
 
     @api.post("/v1/messages")
     async def messages(body: MessagesRequest, request: Request):
-        if len(body.stop_sequences or []) > MAX_STOP:
-            raise APIError(400, f"at most {MAX_STOP} stop_sequences", param="stop_sequences")
+        stops = checked_stops(body.stop_sequences or [], "stop_sequences")
         sampling = sampling_params(temperature=body.temperature, top_p=body.top_p, top_k=body.top_k)
         parallel = not (body.tool_choice and body.tool_choice.disable_parallel_tool_use)
         turn = build_turn(state.engine, template_messages(body.system, body.messages), openai_tools(body.tools),
-                          tool_mode(body.tool_choice), body.max_tokens, [s for s in body.stop_sequences or [] if s],
-                          sampling, parallel_tool_calls=parallel)
+                          tool_mode(body.tool_choice), body.max_tokens, stops, sampling, parallel_tool_calls=parallel)
         if body.stream:
             return StreamingResponse(stream(turn, request), media_type="text/event-stream")
         content, calls = [], []
@@ -167,12 +165,11 @@ def router(state) -> APIRouter:
                     content.append({"type": "text", "text": value})
             elif kind == "tool_call":
                 calls.append(value)
-                content.append({"type": "tool_use", "id": "toolu_" + value.id[5:], "name": value.name,
+                content.append({"type": "tool_use", "id": tool_use_id(value), "name": value.name,
                                 "input": value.arguments})
             elif kind == "done":
                 outcome = value
-        if outcome.finish_reason == "error":
-            raise APIError(500, f"generation failed: {outcome.error}", kind="api_error")
+        raise_if_failed(outcome, "api_error")
         return {"id": "msg_" + new_call_id(""), "type": "message", "role": "assistant", "model": state.model_name,
                 "content": content, "stop_reason": stop_reason(outcome, calls),
                 "stop_sequence": outcome.stop_sequence, "usage": usage(outcome)}
@@ -198,7 +195,7 @@ def router(state) -> APIRouter:
                         open_text = False
                     index += 1
                     calls.append(value)
-                    block = {"type": "tool_use", "id": "toolu_" + value.id[5:], "name": value.name, "input": {}}
+                    block = {"type": "tool_use", "id": tool_use_id(value), "name": value.name, "input": {}}
                     yield sse("content_block_start", {"type": "content_block_start", "index": index,
                                                       "content_block": block})
                     yield sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {

@@ -40,8 +40,7 @@ def error_response(request: Request, status: int, message: str, kind: str | None
         kind = ANTHROPIC_KINDS.get(status, "api_error") if kind in (None, "invalid_request_error") else kind
         return JSONResponse({"type": "error", "error": {"type": kind, "message": message}}, status_code=status)
     kind = kind or ("invalid_request_error" if status < 500 else "server_error")
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                        status_code=status)
+    return JSONResponse(openai_api.error_body(message, kind, param, code), status_code=status)
 
 
 def describe_validation(errors) -> str:
@@ -134,8 +133,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
     @app.post("/apply-template")
     async def apply_template(body: openai_api.ChatRequest):
         """The prompt a chat request renders to (llama.cpp's server has the same endpoint)."""
-        tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
-        tools = tools if openai_api.tool_mode(body.tool_choice) != "none" else None
+        tools = body.tool_dicts() if openai_api.tool_mode(body.tool_choice) != "none" else None
         return {"prompt": render(engine, openai_api.template_messages(body.messages), tools)}
 
     app.include_router(openai_api.router(state))

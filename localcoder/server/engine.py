@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 
 from localcoder.errors import UserError
-from localcoder.model import Model, Step
+from localcoder.model import Model
 from localcoder.prefix_cache import PrefixCache
 from localcoder.sampling import SamplingParams
 
@@ -114,7 +114,7 @@ class Engine:
             return
         if not self.reuse_prefix:
             self.session.reset()
-            self.session.prefix_cache.entries.clear()
+            self.session.prefix_cache.clear()
         generation = self.model.generate(None, prompt_tokens=job.prompt, max_tokens=job.max_tokens, stop=job.stop,
                                          session=self.session, sampling=job.sampling)
         generation.cancelled, generation.logprobs = job.cancel_flag.is_set, job.logprobs

@@ -8,17 +8,13 @@ from typing import Literal, Optional, Union
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from localcoder.server.turns import APIError, Turn, build_turn, run_turn, sampling_params
 from localcoder.server.toolcalls import new_call_id
+from localcoder.server.turns import (APIError, Loose, Turn, build_turn, checked_stops, raise_if_failed, run_turn,
+                                     sampling_params)
 
-MAX_STOP = 16
 MAX_TOP_LOGPROBS = 20
-
-
-class Loose(BaseModel):
-    model_config = ConfigDict(extra="allow")  # clients send fields this server does not use: ignore them
 
 
 class ContentPart(Loose):
@@ -95,12 +91,9 @@ class SamplingFields(Loose):
                                repetition_penalty=self.repetition_penalty, seed=self.seed)
 
     def stops(self) -> list[str]:
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(stops) > MAX_STOP:
-            raise APIError(400, f"at most {MAX_STOP} stop sequences", param="stop")
         if self.n != 1:
             raise APIError(400, "only n=1 is supported", param="n")
-        return [s for s in stops if s]
+        return checked_stops([self.stop] if isinstance(self.stop, str) else list(self.stop or []), "stop")
 
 
 class ChatRequest(SamplingFields):
@@ -112,6 +105,10 @@ class ChatRequest(SamplingFields):
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: Optional[ResponseFormat] = None
+
+    def tool_dicts(self) -> list[dict] | None:
+        """The tools as plain dicts (what the chat template and the tool-call parser read)."""
+        return [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
 
 
 class CompletionRequest(SamplingFields):
@@ -177,6 +174,10 @@ def logprob_entries(tokenizer, step, top: int | None) -> list[dict]:
     return [{"token": text, "logprob": step.logprob, "bytes": list(text.encode()), "top_logprobs": alternatives}]
 
 
+def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def sse(data) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -196,8 +197,7 @@ def router(state) -> APIRouter:
             raise APIError(400, "response_format json_object/json_schema is not supported yet (no constrained "
                            "decoding); ask for JSON in the prompt", param="response_format")
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
-        turn = build_turn(state.engine, template_messages(body.messages), tools, tool_mode(body.tool_choice),
+        turn = build_turn(state.engine, template_messages(body.messages), body.tool_dicts(), tool_mode(body.tool_choice),
                           max_tokens, body.stops(), body.sampling(), parallel_tool_calls=body.parallel_tool_calls,
                           logprobs=(body.top_logprobs or 0) if body.logprobs else None)
         if body.stream:
@@ -217,7 +217,7 @@ def router(state) -> APIRouter:
                               "function": {"name": value.name, "arguments": value.arguments_json}})
             else:
                 outcome = value
-        check_outcome(outcome)
+        raise_if_failed(outcome, "server_error")
         message = {"role": "assistant", "content": "".join(content) or (None if calls else "")}
         if calls:
             message["tool_calls"] = calls
@@ -252,10 +252,10 @@ def router(state) -> APIRouter:
                 else:
                     outcome = value
         except APIError as e:
-            yield sse({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}})
+            yield sse(error_body(e.message, e.kind, e.param, e.code))
             return
         if outcome.finish_reason == "error":
-            yield sse({"error": {"message": outcome.error, "type": "server_error", "param": None, "code": None}})
+            yield sse(error_body(outcome.error, "server_error"))
             return
         yield chunk({}, finish_reason(outcome, calls))
         if include_usage:
@@ -288,7 +288,7 @@ def router(state) -> APIRouter:
                         yield sse(base | {"choices": [{"index": 0, "text": value, "finish_reason": None}]})
                     elif kind == "done":
                         if value.finish_reason == "error":
-                            yield sse({"error": {"message": value.error, "type": "server_error"}})
+                            yield sse(error_body(value.error, "server_error"))
                             return
                         yield sse(base | {"choices": [{"index": 0, "text": "", "finish_reason":
                                                        finish_reason(value, [])}], "usage": usage(value)})
@@ -300,16 +300,11 @@ def router(state) -> APIRouter:
                 text.append(value)
             elif kind == "done":
                 outcome = value
-        check_outcome(outcome)
+        raise_if_failed(outcome, "server_error")
         return {**base, "choices": [{"index": 0, "text": echo + "".join(text), "logprobs": None,
                                      "finish_reason": finish_reason(outcome, [])}], "usage": usage(outcome)}
 
     return api
-
-
-def check_outcome(outcome) -> None:
-    if outcome.finish_reason == "error":
-        raise APIError(500, f"generation failed: {outcome.error}", kind="server_error")
 
 
 def finish_reason(outcome, calls) -> str:

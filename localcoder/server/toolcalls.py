@@ -86,7 +86,6 @@ class ToolCallParser:
         """The end of generation: an unclosed call is parsed leniently, else it is content."""
         rest, self.buffer = self.buffer, ""
         if self.in_call:
-            self.in_call = False
             return self._close(rest, strict=False)
         return self._content(rest)
 

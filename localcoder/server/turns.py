@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydantic import BaseModel, ConfigDict
+
 from localcoder.errors import UserError
 from localcoder.sampling import SamplingParams
 from localcoder.server.engine import Engine, Job, Outcome, events
@@ -18,6 +20,28 @@ class APIError(Exception):
                  code: str | None = None):
         super().__init__(message)
         self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+
+
+MAX_STOP = 16
+
+
+class Loose(BaseModel):
+    """Request models of both APIs: fields this server does not use are accepted and ignored (clients send many)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def checked_stops(stops: list[str], param: str) -> list[str]:
+    """The non-empty stop strings; too many is a 400."""
+    if len(stops) > MAX_STOP:
+        raise APIError(400, f"{param}: at most {MAX_STOP} strings", param=param)
+    return [s for s in stops if s]
+
+
+def raise_if_failed(outcome: Outcome, kind: str) -> None:
+    """A 500 (error type `kind`) when the generation behind a non-streaming response failed."""
+    if outcome.finish_reason == "error":
+        raise APIError(500, f"generation failed: {outcome.error}", kind=kind)
 
 
 @dataclass
