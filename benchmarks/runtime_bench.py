@@ -2,7 +2,7 @@
 
     python benchmarks/runtime_bench.py [--threads 2] [--prompt 256] [--gen 32] [--repeats 3]
 
-Two random-weights models in llama.cpp's Q4_K_M mix, built by the benchmark (benchmarks/synth_gguf.py) and kept
+Two random-weights models in llama.cpp's Q4_K_M mix, built by the benchmark (localcoder/synth.py) and kept
 under .cache/bench: ~470M parameters, and the real Qwen3-Coder-Next layer geometry with 4 layers. Prefill is one
 feed of --prompt tokens into an empty context; decode is --gen single-token feeds after it. Best of --repeats,
 engines alternating within each repeat. Then a profile of where localcoder's time goes (cProfile, cumulative).
@@ -24,7 +24,7 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).parent))
-from synth_gguf import REAL_4_LAYERS, SMALL_450M, write_synthetic  # noqa: E402
+from localcoder.synth import REAL_4_LAYERS, SMALL_450M, write_synthetic  # noqa: E402
 
 MODELS = {"~470M (hidden 1024, 8 layers, 12 experts)": ("small-q4km.gguf", SMALL_450M),
           "real geometry, 4 layers (512 experts top-10)": ("real4-q4km.gguf", REAL_4_LAYERS)}

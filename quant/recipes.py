@@ -71,8 +71,9 @@ def gguf_tensor_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     return {t.name: tuple(reversed(t.shape)) for t in plan_tensors(cfg, fake, keep_mtp=False)}
 
 
-def model_size_bytes(type_or_recipe: str, config: dict = QWEN3_CODER_NEXT) -> int:
-    """Tensor bytes of the model under a file type or recipe (non-quantizable tensors at F32, as converted)."""
+def tensor_types(type_or_recipe: str, config: dict = QWEN3_CODER_NEXT) -> dict[str, tuple]:
+    """name -> (GGML type, ne shape) of every tensor of the model under a file type or recipe (non-quantizable
+    tensors at F32, as converted)."""
     from gguf import GGMLQuantizationType as T
 
     file_type, overrides = resolve(type_or_recipe)
@@ -80,4 +81,9 @@ def model_size_bytes(type_or_recipe: str, config: dict = QWEN3_CODER_NEXT) -> in
     model = ModelShape(config["num_attention_heads"], config["num_key_value_heads"], config["num_experts"],
                        config["num_hidden_layers"])
     chosen = choose_types(shapes, file_type, model, parse_overrides(overrides))
-    return sum(encoded_nbytes(tuple(reversed(ne)), chosen[n] or T.F32) for n, ne in shapes.items())
+    return {n: (chosen[n] or T.F32, ne) for n, ne in shapes.items()}
+
+
+def model_size_bytes(type_or_recipe: str, config: dict = QWEN3_CODER_NEXT) -> int:
+    """Tensor bytes of the model under a file type or recipe."""
+    return sum(encoded_nbytes(tuple(reversed(ne)), t) for t, ne in tensor_types(type_or_recipe, config).values())

@@ -1,4 +1,5 @@
-"""Write a Qwen3-Next GGUF with random weights at any geometry, quantized with llama.cpp's type mix (benchmarks).
+"""Write a Qwen3-Next GGUF with random weights at any geometry, quantized with llama.cpp's type mix or a recipe
+(benchmarks, and `localcoder bench`'s calibration models).
 
 Real geometries are too large to build as float checkpoints, so tensors are written directly: metadata and
 tokenizer come from the demo GGUF (vocabulary padded with [PAD] tokens to the geometry's size, as llama.cpp's
@@ -14,9 +15,9 @@ from gguf import GGMLQuantizationType as T, GGUFValueType, GGUFWriter
 from localcoder.demo import ensure_demo_gguf
 from localcoder.gguf_model import load_fields
 from localcoder.progress import item_progress
-from quant.mixes import ModelShape, choose_types
+from quant.mixes import ModelShape, choose_types, parse_overrides
 from quant.quantize import quantize
-from quant.recipes import QWEN3_CODER_NEXT, gguf_tensor_shapes
+from quant.recipes import QWEN3_CODER_NEXT, gguf_tensor_shapes, resolve
 
 REAL_4_LAYERS = {**QWEN3_CODER_NEXT, "num_hidden_layers": 4,
                  "layer_types": ["linear_attention"] * 3 + ["full_attention"]}
@@ -66,13 +67,14 @@ def tensor_bytes(name: str, shape: tuple[int, ...], qtype: T, rng: np.random.Gen
     return values if qtype == T.F32 else quantize(values.reshape(-1, shape[-1]), qtype)
 
 
-def write_synthetic(path, cfg: dict, file_type: str = "Q4_K_M", seed: int = 0) -> None:
-    """A complete random-weights Qwen3-Next GGUF at `cfg`'s geometry, in llama.cpp's `file_type` mix."""
-    fields, reader = load_fields(ensure_demo_gguf("F32"))
+def write_synthetic(path, cfg: dict, file_type: str = "Q4_K_M", seed: int = 0, show_progress: bool = True) -> None:
+    """A complete random-weights Qwen3-Next GGUF at `cfg`'s geometry, in llama.cpp's `file_type` mix or a recipe."""
+    fields, reader = load_fields(ensure_demo_gguf("F32", show_progress=show_progress))
     shapes = gguf_tensor_shapes(cfg)  # name -> ne (GGML order)
     model = ModelShape(cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["num_experts"],
                        cfg["num_hidden_layers"])
-    types = {n: t or T.F32 for n, t in choose_types(shapes, file_type, model).items()}
+    base, overrides = resolve(file_type)
+    types = {n: t or T.F32 for n, t in choose_types(shapes, base, model, parse_overrides(overrides)).items()}
     writer = GGUFWriter(path, arch="qwen3next")
     geometry = {f"qwen3next.{k}": v for k, v in geometry_fields(cfg).items()}
     for field in reader.fields.values():
@@ -87,7 +89,7 @@ def write_synthetic(path, cfg: dict, file_type: str = "Q4_K_M", seed: int = 0) -
         writer.add_key_value(field.name, value, field.types[0], sub_type=sub)
     rng = np.random.default_rng(seed)
     names = list(shapes)
-    with item_progress("random tensors", len(names), len(names), count_bytes=False) as progress:
+    with item_progress("random tensors", len(names), len(names), show_progress, count_bytes=False) as progress:
         for name in names:
             progress.start(name)
             data = tensor_bytes(name, tuple(reversed(shapes[name])), types[name], rng)
