@@ -258,17 +258,138 @@ def serve(
     ctx: Optional[int] = typer.Option(None, "--ctx", "--ctx-size", "-c", min=1,
                                       help="Longest conversation in tokens (default: the model's, at most 32768)."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="CPU threads (default: all)."),
-    cache_ram: float = typer.Option(2.0, "--cache-ram", help="GiB of RAM for prefix-reuse snapshots."),
+    cache_ram: Optional[float] = typer.Option(None, "--cache-ram",
+                                              help="GiB of RAM for prefix-reuse snapshots (default 2, or the profile's)."),
     max_body: int = typer.Option(32, "--max-body", min=1, help="Largest request body in MiB."),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Most requests waiting; more get a 503."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="A hardware profile (`localcoder profiles list`), "
+                                                                  "a .toml file, or auto (`localcoder bench`'s pick)."),
 ) -> None:
     """Serve a model to coding agents: OpenAI (/v1/chat/completions, /v1/completions, /v1/models) and Anthropic
-    (/v1/messages) APIs with streaming, tool calls and prefix reuse across turns."""
-    from localcoder.server.launch import load_engine, serve_forever
+    (/v1/messages) APIs with streaming, tool calls and prefix reuse across turns. Options given explicitly win
+    over the profile's."""
+    from localcoder.server.launch import apply_profile, load_engine, serve_forever
 
-    engine, name = load_engine(model_path, ctx, threads, cache_ram, max_queue)
+    n_batch = 512
+    if profile is not None:
+        chosen, why = apply_profile(profile, model_path)
+        err.print(f"[dim]profile {chosen.name}: {why}[/]", soft_wrap=True, highlight=False)
+        ctx, threads = ctx or chosen.context, threads or chosen.threads
+        cache_ram = chosen.prefix_cache_gib if cache_ram is None else cache_ram
+        n_batch = chosen.batch
+    engine, name = load_engine(model_path, ctx, threads, 2.0 if cache_ram is None else cache_ram, max_queue,
+                               n_batch=n_batch, clamp_ctx=profile is not None)
     serve_forever(engine, name, host, port, api_key, max_body << 20, lambda text: out.print(text, soft_wrap=True,
                                                                                            highlight=False))
+
+
+@app.command()
+@user_errors
+def bench(
+    model_path: Optional[Path] = typer.Argument(None, help="A GGUF to measure under every profile that fits "
+                                                           "(without it: predictions for Qwen3-Coder-Next only)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout (the table goes to stderr)."),
+    compare: bool = typer.Option(False, "--compare", help="Also measure llama.cpp (llama-cpp-python) on the same file."),
+    prompt: int = typer.Option(512, "--prompt", "-p", min=1, help="Prompt tokens per prefill measurement."),
+    gen: int = typer.Option(128, "--gen", "-n", min=1, help="Decode steps per measurement."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="CPU threads (default: physical cores)."),
+    machine_file: Optional[Path] = typer.Option(None, "--machine", help="Predict for a machine described in a JSON "
+                                                                        "file instead of this one (no measurements)."),
+) -> None:
+    """Measure this machine, predict every hardware profile, measure MODEL under the ones that fit, recommend one
+    (`serve --profile auto` follows it)."""
+    from localcoder.bench import comparison_table, report_table, run_bench, save_report
+
+    machine = None
+    if machine_file is not None:
+        if model_path is not None or compare:
+            raise UserError("--machine predicts for another machine; it cannot measure MODEL or --compare here")
+        machine = _described_machine(machine_file)
+    report = run_bench(model_path, prompt=prompt, generate=gen, threads=threads, compare_llamacpp=compare,
+                       machine=machine, show_progress=True)
+    console = err if as_json else out
+    console.print(report_table(report))
+    if compare and model_path is not None:
+        console.print(comparison_table(report))
+    if machine is None:
+        save_report(report)
+    best = report.recommended or "none fits"
+    console.print(f"recommended profile: [bold]{best}[/]" + (
+        f" (best for this hardware once built: {report.best_for_hardware})"
+        if report.best_for_hardware not in (None, report.recommended) else "") +
+        f" · bench took {report.seconds:.1f} s", soft_wrap=True, highlight=False)
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+
+
+def _described_machine(path: Path):
+    from localcoder.hardware import Machine
+
+    try:
+        return Machine.from_json(json.loads(path.read_text()))
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}")
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON ({e})")
+
+
+profiles_app = typer.Typer(no_args_is_help=True, help="The shipped hardware profiles.")
+app.add_typer(profiles_app, name="profiles")
+
+
+@profiles_app.command("list")
+@user_errors
+def profiles_list() -> None:
+    """One line per shipped profile: engine, recipe, context, what it needs."""
+    from localcoder.profiles import not_built, shipped_profiles
+
+    table = Table(title="hardware profiles", title_justify="left")
+    for col in ("name", "engine", "recipe", "context", "KV", "needs", "runs in this build", "description"):
+        table.add_column(col)
+    for p in shipped_profiles().values():
+        req = p.requires
+        needs = "any machine" if req.accelerator == "none" else (
+            f"{req.gpus or 1}x {req.accelerator} ≥{req.min_vram_gib or req.min_ram_gib:g} GiB" +
+            (", unified memory" if req.unified_memory else ""))
+        table.add_row(p.name, p.engine, p.recipe, f"{p.context:,}", p.kv_cache, needs,
+                      "yes" if not not_built(p) else "not yet", p.description)
+    out.print(table)
+
+
+@profiles_app.command("show")
+@user_errors
+def profiles_show(name: str = typer.Argument(..., help="A profile name (see `profiles list`) or a .toml file.")) -> None:
+    """A profile's settings and its plan for Qwen3-Coder-Next: where each kind of tensor goes, memory per device."""
+    from localcoder.costmodel import Footprint, memory_needs
+    from localcoder.profiles import get_profile, not_built
+
+    p = get_profile(name)
+    settings = Table(title=f"profile {p.name}: {p.description}", title_justify="left", show_header=False)
+    settings.add_column("key")
+    settings.add_column("value")
+    for key in ("recipe", "engine", "context", "kv_cache", "threads", "batch", "ubatch", "prefix_cache_gib",
+                "expert_cache_gib"):
+        value = getattr(p, key)
+        settings.add_row(key, "auto (physical cores)" if key == "threads" and value is None else str(value))
+    settings.add_row("requires", ", ".join(f"{k}={v}" for k, v in vars(p.requires).items() if v not in (None, 0, 0.0)))
+    settings.add_row("file", str(p.path))
+    settings.add_row("this build", not_built(p) or "runs it")
+    out.print(settings)
+    fp = Footprint.for_recipe(p.recipe)
+    plan = Table(title=f"placement of {fp.label} ({fp.nbytes / 2**30:.1f} GiB)", title_justify="left")
+    for col, justify in (("tensors", "left"), ("device", "left"), ("count", "right"), ("GiB", "right")):
+        plan.add_column(col, justify=justify)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for t in fp.tensors:
+        kind = "routed experts" if t.expert else "embedding" if t.name.startswith("token_embd") else \
+            "output" if t.name.startswith("output") else "attention, DeltaNet, shared expert, norms"
+        g = groups.setdefault((kind, p.device_of(t.name, t.layer)), [0, 0])
+        g[0], g[1] = g[0] + 1, g[1] + t.nbytes
+    for (kind, device), (count, nbytes) in groups.items():
+        plan.add_row(kind, device, str(count), f"{nbytes / 2**30:.2f}")
+    out.print(plan)
+    needs = ", ".join(f"{d}: {n / 2**30:.1f} GiB" for d, n in memory_needs(p, fp).items())
+    out.print(f"memory with the KV cache for {p.context:,} tokens, buffers and caches: {needs}", highlight=False)
 
 
 @app.command()

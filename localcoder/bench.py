@@ -31,6 +31,7 @@ MICRO_GEOMETRY = dict(hidden_size=64, num_attention_heads=2, num_key_value_heads
                       linear_value_head_dim=32, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                       shared_expert_intermediate_size=32, intermediate_size=64)
 MICRO_LAYERS = (4, 12)
+MICRO_TYPES = {"Q8_0", "F32"}  # a Q8_0 file: F32 router, norms and conv
 LAST_BENCH = "bench-last.json"
 
 
@@ -85,20 +86,25 @@ def _result_json(r: ProfileResult) -> dict:
 def run_bench(model_path: Path | None = None, profiles: dict[str, Profile] | None = None, prompt: int = 512,
               generate: int = 128, threads: int | None = None, compare_llamacpp: bool = False,
               machine: Machine | None = None, show_progress: bool = True) -> BenchReport:
-    """Probe (unless `machine` is given), calibrate, predict each profile for Qwen3-Coder-Next and for the model,
-    measure the model under each runnable profile that fits (and llama.cpp on it with compare_llamacpp)."""
+    """Probe and calibrate this machine, predict each profile for Qwen3-Coder-Next and for the model, measure the
+    model under each runnable profile that fits (and llama.cpp on it with compare_llamacpp). A described
+    `machine` is predicted with Calibration.defaults and nothing is measured."""
     start = time.perf_counter()
     profiles = profiles or shipped_profiles()
     if model_path is not None and not Path(model_path).is_file():
         raise UserError(f"{model_path} does not exist (give a .gguf file)")
     with _steps(show_progress) as step:
+        described = machine is not None
+        if described and model_path is not None:
+            raise UserError("a described machine cannot run a model here: give either the machine or the model")
         step("probing the machine")
         machine = machine or probe(measure=True)
         threads = threads or machine.cores
         fp_model = Footprint.from_gguf(model_path) if model_path else None
+        step("sizing the profiles' recipes")
         flagship = {n: Footprint.for_recipe(p.recipe) for n, p in profiles.items()}
         types = {t.qtype for fp in [*flagship.values(), fp_model] if fp for t in fp.tensors if t.outputs}
-        cal = calibrate(machine, threads, sorted(types), step)
+        cal = Calibration.defaults(machine) if described else calibrate(machine, threads, sorted(types), step)
         results = []
         context = prompt + generate // 2
         for name, profile in profiles.items():
@@ -162,7 +168,7 @@ def calibrate(machine: Machine, threads: int, types: list[str], step=lambda d: N
         step("measuring RAM bandwidth")
         machine.ram_bandwidth_gbs = ram_bandwidth()
     cal = Calibration(machine.ram_bandwidth_gbs, {}, {}, (0.0, 0.0), 0.0, 0.0, 0.0, 0.0, threads)
-    for qtype in types:
+    for qtype in sorted(set(types) | MICRO_TYPES):  # the micro models' types: their kernels are subtracted
         step(f"timing {qtype} kernels")
         cal.decode_kernels[qtype], cal.prefill_kernels[qtype] = kernel_costs(qtype)
     step("timing attention and the delta rule")
@@ -379,3 +385,86 @@ def save_report(report: BenchReport, root: Path | None = None) -> Path:
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(path)
     return path
+
+
+def load_saved(machine: Machine, model: str | None, root: Path | None = None) -> dict | None:
+    """The last saved bench report when it was made on this machine for this model (None for the flagship)."""
+    from localcoder.demo import cache_root
+
+    path = (root or cache_root()) / LAST_BENCH
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("machine_key") != machine_key(machine) or data.get("model") != model:
+        return None
+    return data
+
+
+def auto_profile(model_path: Path | None, machine: Machine | None = None) -> tuple[Profile, str]:
+    """(profile, how it was chosen) for `serve --profile auto`: the saved `localcoder bench` recommendation for
+    this machine and model, else a quick prediction from the probe (no measurements)."""
+    profiles = shipped_profiles()
+    machine = machine or probe(measure=False)
+    model = str(model_path) if model_path else None
+    saved = load_saved(machine, model)
+    if saved and saved.get("recommended") in profiles:
+        return profiles[saved["recommended"]], "recommended by the last `localcoder bench` on this machine"
+    fp = Footprint.from_gguf(model_path) if model_path else None
+    predictions = {n: predict(p, fp or Footprint.for_recipe(p.recipe), machine) for n, p in profiles.items()}
+    name = recommend(profiles, predictions, runnable_only=True)
+    if name is None:
+        reasons = "; ".join(f"{n}: {p.reason or not_built(profiles[n])}" for n, p in predictions.items())
+        raise UserError(f"no profile fits this model on this machine ({reasons})")
+    return profiles[name], "predicted from this machine's probe (run `localcoder bench MODEL` to measure)"
+
+
+def report_table(report: BenchReport):
+    """The ranking as a rich table: one row per profile, best first."""
+    from rich.table import Table
+
+    def rank(r: ProfileResult):
+        target = r.model or r.flagship
+        return (target.fits, r.runnable is None, r.measured.decode_tps if r.measured else target.decode_tps)
+
+    with_model = report.model is not None
+    title = "profiles on this machine" + (f" · measured on {Path(report.model).name}" if with_model else "")
+    table = Table(title=title, title_justify="left")
+    columns = ["profile", "fits", "RAM GiB", "VRAM GiB", "80B decode tok/s (bound)", "80B prefill tok/s (bound)"]
+    if with_model:
+        columns += ["model decode: predicted", "measured", "llama.cpp", "ratio"]
+    columns.append("note")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("profile", "note", "fits") else "right")
+    for r in sorted(report.profiles, key=rank, reverse=True):
+        p = r.flagship
+        fits = "yes" if (r.model or p).fits else "no"
+        speed = (lambda v, b: f"{v:,.1f} ({b:,.0f})" if v else "—")
+        row = [r.name + (" ★" if r.name == report.recommended else ""), fits, f"{p.ram_bytes / 2**30:.1f}",
+               " + ".join(f"{v / 2**30:.1f}" for v in p.vram_bytes.values()) or "—",
+               speed(p.decode_tps, p.decode_bound_tps), speed(p.prefill_tps, p.prefill_bound_tps)]
+        if with_model:
+            measured = r.measured.decode_tps if r.measured else None
+            llama = r.llamacpp.decode_tps if r.llamacpp else None
+            row += [f"{r.model.decode_tps:,.1f}" if r.model.decode_tps else "—",
+                    f"{measured:,.1f}" if measured else "—", f"{llama:,.1f}" if llama else "—",
+                    f"{measured / llama:.2f}x" if measured and llama else "—"]
+        row.append((r.model or p).reason or r.runnable or "")
+        table.add_row(*row)
+    return table
+
+
+def comparison_table(report: BenchReport):
+    """localcoder against llama.cpp on the same file, threads and batch sizes (profiles measured with both)."""
+    from rich.table import Table
+
+    table = Table(title=f"localcoder vs llama.cpp on {Path(report.model).name}, {report.calibration.threads} threads",
+                  title_justify="left")
+    for col in ("profile", "prefill tok/s", "llama.cpp", "ratio", "decode tok/s", "llama.cpp", "ratio"):
+        table.add_column(col, justify="left" if col == "profile" else "right")
+    for r in report.profiles:
+        if r.measured and r.llamacpp:
+            m, ll = r.measured, r.llamacpp
+            table.add_row(r.name, f"{m.prefill_tps:,.1f}", f"{ll.prefill_tps:,.1f}", f"{m.prefill_tps / ll.prefill_tps:.2f}x",
+                          f"{m.decode_tps:,.1f}", f"{ll.decode_tps:,.1f}", f"{m.decode_tps / ll.decode_tps:.2f}x")
+    return table

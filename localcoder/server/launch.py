@@ -9,8 +9,11 @@ from localcoder.errors import UserError
 GIB = 1 << 30
 
 
-def load_engine(model_path: Path | None, n_ctx: int | None, threads: int | None, cache_gib: float, max_queue: int):
-    """(Engine, model name) for a GGUF, or for the embedded demo model when model_path is None."""
+def load_engine(model_path: Path | None, n_ctx: int | None, threads: int | None, cache_gib: float, max_queue: int,
+                n_batch: int = 512, clamp_ctx: bool = False):
+    """(Engine, model name) for a GGUF, or for the embedded demo model when model_path is None. clamp_ctx: a
+    context longer than the model was trained for (a profile's) becomes the trained length."""
+    from localcoder.gguf_model import load_fields
     from localcoder.model import Model
     from localcoder.prefix_cache import PrefixCache
     from localcoder.server.engine import Engine
@@ -20,8 +23,28 @@ def load_engine(model_path: Path | None, n_ctx: int | None, threads: int | None,
         model_path = ensure_demo_gguf()
     if cache_gib < 0:
         raise UserError("--cache-ram must be >= 0 GiB")
-    model = Model.load(model_path, n_ctx=n_ctx, threads=threads)
+    if clamp_ctx and n_ctx is not None:
+        n_ctx = min(n_ctx, int(load_fields(Path(model_path))[0].get("qwen3next.context_length", n_ctx)))
+    model = Model.load(model_path, n_ctx=n_ctx, n_batch=n_batch, threads=threads)
     return Engine(model, PrefixCache(int(cache_gib * GIB)), max_queue=max_queue), Path(model_path).stem
+
+
+def apply_profile(name: str, model_path: Path | None):
+    """(Profile, why it was chosen) for `serve --profile NAME|auto`, refused with a UserError when this build or
+    this machine cannot run it."""
+    from localcoder.bench import auto_profile
+    from localcoder.costmodel import unmet_requirements
+    from localcoder.hardware import probe
+    from localcoder.profiles import get_profile, not_built
+
+    machine = probe(measure=False)
+    if name == "auto":
+        return auto_profile(model_path, machine)
+    profile = get_profile(name)
+    reason = not_built(profile) or unmet_requirements(profile, machine)
+    if reason:
+        raise UserError(f"profile {profile.name} cannot run here: {reason}; try --profile auto or cpu-only")
+    return profile, "chosen with --profile"
 
 
 def client_settings(url: str, model_name: str, api_key: str | None) -> str:
