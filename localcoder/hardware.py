@@ -168,6 +168,8 @@ def _sum_reference(a: np.ndarray) -> float:
 def _parallel_sum():
     import numba
 
+    from quant import jit  # noqa: F401  (numba cache location)
+
     @numba.njit(parallel=True, cache=True, fastmath=True)
     def parallel_sum(a):
         total = 0.0
