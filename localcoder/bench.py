@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -67,13 +67,11 @@ class BenchReport:
     recommended: str | None  # the best profile that fits and this build runs (serve --profile auto)
     best_for_hardware: str | None  # the best that fits, whether or not this build runs it yet
     seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"recommended": self.recommended, "best_for_hardware": self.best_for_hardware,
                 "model": self.model, "seconds": round(self.seconds, 2), "machine": self.machine.to_json(),
-                "calibration": asdict(self.calibration), "profiles": [_result_json(r) for r in self.profiles],
-                "notes": self.notes}
+                "calibration": asdict(self.calibration), "profiles": [_result_json(r) for r in self.profiles]}
 
 
 def _result_json(r: ProfileResult) -> dict:
@@ -430,19 +428,18 @@ def report_table(report: BenchReport):
     with_model = report.model is not None
     title = "profiles on this machine" + (f" · measured on {Path(report.model).name}" if with_model else "")
     table = Table(title=title, title_justify="left")
-    columns = ["profile", "fits", "RAM GiB", "VRAM GiB", "80B decode tok/s (bound)", "80B prefill tok/s (bound)"]
+    columns = ["profile", "fits" + (" (model)" if with_model else ""), "RAM GiB", "VRAM GiB", "80B decode tok/s (bound)", "80B prefill tok/s (bound)"]
     if with_model:
         columns += ["model decode: predicted", "measured", "llama.cpp", "ratio"]
     columns.append("note")
     for col in columns:
-        table.add_column(col, justify="left" if col in ("profile", "note", "fits") else "right")
+        table.add_column(col, justify="left" if col.startswith(("profile", "note", "fits")) else "right")
     for r in sorted(report.profiles, key=rank, reverse=True):
         p = r.flagship
         fits = "yes" if (r.model or p).fits else "no"
-        speed = (lambda v, b: f"{v:,.1f} ({b:,.0f})" if v else "—")
         row = [r.name + (" ★" if r.name == report.recommended else ""), fits, f"{p.ram_bytes / 2**30:.1f}",
                " + ".join(f"{v / 2**30:.1f}" for v in p.vram_bytes.values()) or "—",
-               speed(p.decode_tps, p.decode_bound_tps), speed(p.prefill_tps, p.prefill_bound_tps)]
+               _speed(p.decode_tps, p.decode_bound_tps), _speed(p.prefill_tps, p.prefill_bound_tps)]
         if with_model:
             measured = r.measured.decode_tps if r.measured else None
             llama = r.llamacpp.decode_tps if r.llamacpp else None
@@ -452,6 +449,10 @@ def report_table(report: BenchReport):
         row.append((r.model or p).reason or r.runnable or "")
         table.add_row(*row)
     return table
+
+
+def _speed(value: float, bound: float) -> str:
+    return f"{value:,.1f} ({bound:,.0f})" if value else "—"
 
 
 def comparison_table(report: BenchReport):

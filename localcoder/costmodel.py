@@ -16,7 +16,7 @@ what the hardware allows, not as a promise.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -210,7 +210,6 @@ class Prediction:
     prefill_tps: float
     prefill_bound_tps: float
     expert_hit_rate: float | None = None  # share of routed-expert reads served from VRAM (uniform routing)
-    notes: list[str] = field(default_factory=list)
 
 
 def memory_needs(profile: Profile, fp: Footprint) -> dict[str, int]:
@@ -221,19 +220,27 @@ def memory_needs(profile: Profile, fp: Footprint) -> dict[str, int]:
         need[dev] = need.get(dev, 0) + t.nbytes
     kv_bytes = fp.kv_elements * profile.context * KV_TYPES[profile.kv_cache]
     for layer in range(fp.n_layer):
-        if layer in fp.attention_layers:
-            dev, extra = profile.device_of(f"blk.{layer}.attn_q.weight", layer), int(kv_bytes)
-        else:
-            dev, extra = profile.device_of(f"blk.{layer}.ssm_out.weight", layer), fp.state_bytes
-        need[dev] = need.get(dev, 0) + extra
+        dev = _state_device(profile, fp, layer)
+        need[dev] = need.get(dev, 0) + (int(kv_bytes) if layer in fp.attention_layers else fp.state_bytes)
     for dev in need:
         need[dev] += CPU_SCRATCH if dev == "cpu" else GPU_COMPUTE_BUFFER
     if profile.engine == "localcoder":
         need["cpu"] = need.get("cpu", 0) + int(profile.prefix_cache_gib * GIB)
     if profile.expert_cache_gib:
-        accel = "cuda:0" if "cuda:0" in profile.devices else "gpu"
+        accel = _cache_device(profile)
         need[accel] = need.get(accel, 0) + int(profile.expert_cache_gib * GIB)
     return need
+
+
+def _cache_device(profile: Profile) -> str:
+    """The accelerator that holds the expert cache: the first CUDA GPU, or the one accelerator."""
+    return "cuda:0" if "cuda:0" in profile.devices else "gpu"
+
+
+def _state_device(profile: Profile, fp: Footprint, layer: int) -> str:
+    """Where a layer's KV cache or DeltaNet state lives: with the layer's own weights."""
+    name = f"blk.{layer}.attn_q.weight" if layer in fp.attention_layers else f"blk.{layer}.ssm_out.weight"
+    return profile.device_of(name, layer)
 
 
 def unmet_requirements(profile: Profile, machine: Machine) -> str | None:
@@ -317,7 +324,7 @@ def _decode_reads(profile: Profile, fp: Footprint, machine: Machine):
     cached = profile.expert_cache_gib * GIB
     experts_in_ram = sum(t.nbytes for t in fp.tensors if t.expert and profile.device_of(t.name, t.layer) == "cpu")
     hit = min(1.0, cached / experts_in_ram) if cached and experts_in_ram else None
-    accel = "cuda:0" if "cuda:0" in profile.devices else "gpu"
+    accel = _cache_device(profile)
     for t in fp.tensors:
         dev = profile.device_of(t.name, t.layer)
         if t.expert and dev == "cpu" and hit:
@@ -355,13 +362,11 @@ def _decode_time(reads, profile: Profile, fp: Footprint, machine: Machine, cal: 
             seconds += nbytes / (bandwidth * GPU_READ_EFFICIENCY)
             bound += nbytes / bandwidth
     for layer, nbytes, cpu_s in sequence_work(fp, cal, 1, context, profile.kv_cache):
-        name = f"blk.{layer}.attn_q.weight" if layer in fp.attention_layers else f"blk.{layer}.ssm_out.weight"
-        dev = profile.device_of(name, layer)
-        if dev == "cpu":
+        if _state_device(profile, fp, layer) == "cpu":
             seconds += max(nbytes / (cal.ram_gbs * 1e9), cpu_s)
             bound += nbytes / (cal.ram_gbs * 1e9)
         else:
-            bandwidth = _gpu(machine, dev).bandwidth() * 1e9
+            bandwidth = _gpu(machine, _state_device(profile, fp, layer)).bandwidth() * 1e9
             seconds += nbytes / (bandwidth * GPU_READ_EFFICIENCY)
             bound += nbytes / bandwidth
     if profile.uses_accelerator:
@@ -408,7 +413,7 @@ def _prefill_time(profile: Profile, fp: Footprint, machine: Machine, cal: Calibr
 
 def _device_or_accel(profile: Profile, t: TensorCost) -> str:
     dev = profile.device_of(t.name, t.layer)
-    return dev if dev != "cpu" else ("cuda:0" if "cuda:0" in profile.devices else "gpu")
+    return dev if dev != "cpu" else _cache_device(profile)
 
 
 def _accelerated_chunk(profile, fp, machine, cal, T: int, start: int, hit: float | None) -> float:
