@@ -238,5 +238,5 @@ def not_built(profile: Profile) -> str | None:
     if profile.engine == "llamacpp":
         return "the llama.cpp engine is not built into localcoder yet"
     if any(d != "cpu" for d in profile.devices):
-        return "localcoder's CUDA backend is not built yet (the prediction is what the hardware allows)"
+        return "localcoder's CUDA backend is not built yet"
     return None
