@@ -158,6 +158,24 @@ def inspect(
 
 @app.command()
 @user_errors
+def split(
+    src: Path = typer.Argument(..., help="A GGUF file."),
+    output: Path = typer.Option(..., "--output", "-o", help="NAME.gguf: the shards become NAME-00001-of-0000N.gguf."),
+    max_size: str = typer.Option("2G", "--max-size", help="Most tensor bytes per shard (500M, 2G, ...)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Split a GGUF into shards named and tagged as llama.cpp's gguf-split does; localcoder and llama.cpp load
+    them from any shard's path."""
+    from localcoder.gguf_split import parse_size, split_gguf
+
+    shards = split_gguf(src, output, parse_size(max_size), show_progress=not quiet)
+    if not quiet:
+        for shard in shards:
+            out.print(f"{shard}  {shard.stat().st_size / 1e9:.3f} GB", highlight=False)
+
+
+@app.command()
+@user_errors
 def demo(
     type_name: str = typer.Option("Q8_0", "--type", "-t", help="Type of the demo GGUF."),
     generate: bool = typer.Option(True, help="Also serve it and send one chat request through the API."),

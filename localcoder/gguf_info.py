@@ -69,4 +69,4 @@ def read_gguf_info(path: Path) -> GGUFInfo:
         k.params += int(np.prod(t.shape, dtype=np.int64))
         k.nbytes += int(t.n_bytes)
         k.types[t.tensor_type.name] += 1
-    return GGUFInfo(path, path.stat().st_size, metadata, sorted(kinds.values(), key=lambda k: -k.nbytes))
+    return GGUFInfo(path, sum(p.stat().st_size for p in reader.paths), metadata, sorted(kinds.values(), key=lambda k: -k.nbytes))

@@ -5,6 +5,7 @@ Unsupported values are errors, never guesses (reference/qwen3next.md 2.7 lists t
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,11 +91,60 @@ def open_gguf(path: Path):
         raise UserError(f"{path} is not a readable GGUF file ({e}); it may be truncated or corrupt") from None
 
 
-def load_fields(path: Path) -> tuple[dict, object]:
-    """(metadata key -> value, the gguf reader) for the GGUF at `path`."""
-    reader = open_gguf(path)
-    fields = {f.name: f.contents() for f in reader.fields.values() if not f.name.startswith("GGUF.")}
-    return fields, reader
+SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
+
+
+class ModelFiles:
+    """A GGUF model as one reader, whether it is one file or shards named as llama.cpp's gguf-split names them
+    (NAME-00001-of-0000N.gguf, metadata in the first): `fields` are the first file's gguf-py fields, `tensors`
+    every shard's, and `file_of[name]` the file a tensor's bytes are in."""
+
+    def __init__(self, readers: list):
+        self.paths = [Path(r.data.filename) for r in readers]
+        self.fields = readers[0].fields
+        self.tensors = [t for r in readers for t in r.tensors]
+        self.file_of = {t.name: Path(r.data.filename) for r in readers for t in r.tensors}
+
+
+def shard_paths(path: Path) -> list[Path]:
+    """Every file of the model `path` names: itself, or all its shards when it is one (any of them may be given)."""
+    m = SHARD_NAME.match(Path(path).name)
+    if not m:
+        return [Path(path)]
+    count = int(m["count"])
+    paths = [Path(path).with_name(f"{m['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(f"{path} is shard {int(m['no'])} of {count}, but {', '.join(missing)} "
+                        f"{'is' if len(missing) == 1 else 'are'} missing beside it; download every shard")
+    return paths
+
+
+def open_model_files(path: Path) -> ModelFiles:
+    """The model at `path` (one GGUF, or any shard of a split one), its shards checked against their split keys."""
+    paths = shard_paths(Path(path))
+    readers = [open_gguf(p) for p in paths]
+    if len(paths) > 1:
+        for i, (p, r) in enumerate(zip(paths, readers)):
+            keys = {k: r.fields[k].contents() if k in r.fields else None for k in SPLIT_KEYS[:2]}
+            if keys != {"split.no": i, "split.count": len(paths)}:
+                raise UserError(f"{p} says it is shard {keys['split.no']} of {keys['split.count']}, but its name "
+                                f"makes it {i} of {len(paths)} (counting from 0); the shards do not belong together")
+        expected = readers[0].fields.get("split.tensors.count")
+        total = sum(len(r.tensors) for r in readers)
+        if expected is not None and expected.contents() != total:
+            raise UserError(f"the shards of {paths[0].name} hold {total} tensors, their metadata says "
+                            f"{expected.contents()}; a shard is from another split")
+    return ModelFiles(readers)
+
+
+def load_fields(path: Path) -> tuple[dict, ModelFiles]:
+    """(metadata key -> value, the model's files) for the GGUF at `path` (split GGUFs: any shard)."""
+    files = open_model_files(path)
+    fields = {f.name: f.contents() for f in files.fields.values()
+              if not f.name.startswith("GGUF.") and f.name not in SPLIT_KEYS}
+    return fields, files
 
 
 def load_float_weights(path: Path) -> tuple[ModelArgs, dict[str, np.ndarray]]:

@@ -12,7 +12,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from localcoder.errors import UserError
-from localcoder.gguf_model import ModelArgs
+from localcoder.gguf_model import ModelArgs, ModelFiles
 from localcoder.kernels import cpu_matmul as K
 from localcoder.kernels import qdot as Q
 from localcoder.kernels.qdot import Activations
@@ -120,12 +120,13 @@ def map_prefaulted(path) -> np.ndarray:
     return np.frombuffer(mapped, dtype=np.uint8)
 
 
-def load_weights(reader, args: ModelArgs, populate: bool = True, int8_activations: bool = True) -> dict[str, Weight]:
-    """The tensors of a gguf-py reader as Weights, checked against the geometry; a UserError names the first
+def load_weights(reader: ModelFiles, args: ModelArgs, populate: bool = True,
+                 int8_activations: bool = True) -> dict[str, Weight]:
+    """The tensors of a model's files as Weights, checked against the geometry; a UserError names the first
     missing, misshapen or unsupported tensor. With `populate`, the file is mapped again with its pages
     prefaulted (see map_prefaulted); `int8_activations` as in Weight."""
     tensors = {t.name: t for t in reader.tensors}
-    whole = map_prefaulted(reader.data.filename) if populate else None
+    whole = {p: map_prefaulted(p) for p in reader.paths} if populate else None
     for name in ("blk.0.ffn_gate_exps.weight", "blk.0.ffn_gate_shexp.weight"):
         if name not in tensors:
             raise UserError(f"the GGUF has no {name}: it is not a complete Qwen3-Next model")
@@ -149,7 +150,8 @@ def load_weights(reader, args: ModelArgs, populate: bool = True, int8_activation
             raise UserError(f"{name}: {shape[-1]} columns are not whole {qtype.name} blocks; the file is corrupt")
         raw = t.data
         if whole is not None:
-            raw = whole[t.data_offset:t.data_offset + t.n_bytes].view(t.data.dtype).reshape(t.data.shape)
+            mapped = whole[reader.file_of[name]]
+            raw = mapped[t.data_offset:t.data_offset + t.n_bytes].view(t.data.dtype).reshape(t.data.shape)
         weights[name] = Weight(name, raw, qtype, shape, int8_activations)
     return weights
 

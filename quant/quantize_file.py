@@ -83,15 +83,15 @@ class PlannedTensor:
 
 def gguf_source(path: Path) -> SourceModel:
     """Metadata and tensors of a GGUF file, memory-mapped."""
-    from localcoder.gguf_model import open_gguf
+    from localcoder.gguf_model import SPLIT_KEYS, open_model_files
 
-    reader = open_gguf(path)
+    reader = open_model_files(path)
     kv = []
     for f in reader.fields.values():
-        if not f.name.startswith("GGUF."):
+        if not f.name.startswith("GGUF.") and f.name not in SPLIT_KEYS:
             sub = f.types[1] if f.types[0] == GGUFValueType.ARRAY else None
             kv.append((f.name, f.contents(), f.types[0], sub))
-    tensors = [_gguf_tensor(t, path) for t in reader.tensors]
+    tensors = [_gguf_tensor(t, reader.file_of[t.name]) for t in reader.tensors]
     arch = next((v for k, v, _, _ in kv if k == "general.architecture"), None)
     return SourceModel(arch, kv, tensors)
 
