@@ -61,7 +61,8 @@ def kinds_table(info, title: str) -> Table:
 @app.command()
 @user_errors
 def quantize(
-    src: Optional[Path] = typer.Argument(None, help="Hugging Face model folder, or a GGUF (F32/F16/BF16/Q8_0)."),
+    src: Optional[Path] = typer.Argument(None, help="Hugging Face model folder, a GGUF (F32/F16/BF16/Q8_0), or a "
+                                                    "Hub id (owner/name, owner/name-GGUF:QUANT)."),
     type_name: str = typer.Option("Q4_K_M", "--type", "-t",
                                   help="F32, F16, BF16, Q8_0, a llama.cpp K-quant mix (Q2_K, Q3_K_S/M/L, Q4_K_S/M, "
                                        "Q5_K_S/M, Q6_K) or a recipe (--list-recipes)."),
@@ -81,6 +82,9 @@ def quantize(
         return
     if src is None or output is None:
         raise UserError("give SRC and -o OUTPUT, e.g. localcoder quantize ./Qwen3-Coder-Next -t Q4_K_M -o model.gguf")
+    from localcoder.hub import resolve_model
+
+    src = resolve_model(str(src), show_progress=not quiet)
     result = run_quantize(src, output, type_name, tensor_type, imatrix, allow_requantize, not no_mtp, not quiet)
     if not quiet:
         from localcoder.gguf_info import read_gguf_info
@@ -132,13 +136,14 @@ def recipes_table() -> Table:
 @app.command()
 @user_errors
 def inspect(
-    file: Path = typer.Argument(..., help="A .gguf file."),
+    file: Path = typer.Argument(..., help="A .gguf file (any shard of a split one), or a Hub id owner/name:QUANT."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Show a GGUF's metadata and a per-tensor-kind table of types and sizes."""
     from localcoder.gguf_info import read_gguf_info
+    from localcoder.hub import resolve_model
 
-    info = read_gguf_info(file)
+    info = read_gguf_info(resolve_model(str(file), need_gguf=True))
     if as_json:
         sys.stdout.write(json.dumps(info.to_json(), indent=2, ensure_ascii=False) + "\n")
         return
@@ -154,6 +159,21 @@ def inspect(
         meta.add_row(key, str(shown))
     out.print(meta)
     out.print(kinds_table(info, "tensors"))
+
+
+@app.command()
+@user_errors
+def pull(
+    ref: str = typer.Argument(..., help="owner/name (safetensors, config and tokenizer files) or owner/name-GGUF:QUANT "
+                                        "(that quant's GGUF, every shard)."),
+    revision: Optional[str] = typer.Option(None, help="A branch, tag or commit (default: main)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Download a model from the Hugging Face Hub into its cache (resumable; HF_HOME, HF_TOKEN and HF_HUB_OFFLINE
+    apply) and print its local path. quantize, run, serve, bench and inspect take the same ids."""
+    from localcoder.hub import pull as hub_pull
+
+    sys.stdout.write(f"{hub_pull(ref, revision, show_progress=not quiet)}\n")
 
 
 @app.command()
@@ -224,7 +244,8 @@ def stream_completion(model, messages: list[dict], session, **options):
 @app.command()
 @user_errors
 def run(
-    model_path: Path = typer.Argument(..., help="A Qwen3-Next GGUF (localcoder's or llama.cpp's)."),
+    model_path: Path = typer.Argument(..., help="A Qwen3-Next GGUF (localcoder's or llama.cpp's), or a Hub id "
+                                                "owner/name:QUANT."),
     prompt: Optional[str] = typer.Argument(None, help="One prompt; without it, an interactive chat starts."),
     system: Optional[str] = typer.Option(None, help="A system message."),
     max_tokens: int = typer.Option(512, "--max-tokens", "-n", min=1, help="Most tokens generated per answer."),
@@ -246,7 +267,9 @@ def run(
     options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                    repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
                    frequency_penalty=frequency_penalty, seed=seed)
-    model = Model.load(model_path, n_ctx=ctx_size, threads=threads)
+    from localcoder.hub import resolve_model
+
+    model = Model.load(resolve_model(str(model_path), need_gguf=True), n_ctx=ctx_size, threads=threads)
     messages = [{"role": "system", "content": system}] if system else []
     session = model.new_session()
     if prompt is not None:
@@ -286,8 +309,11 @@ def serve(
     """Serve a model to coding agents: OpenAI (/v1/chat/completions, /v1/completions, /v1/models) and Anthropic
     (/v1/messages) APIs with streaming, tool calls and prefix reuse across turns. Options given explicitly win
     over the profile's."""
+    from localcoder.hub import resolve_model
     from localcoder.server.launch import apply_profile, load_engine, serve_forever
 
+    if model_path is not None:
+        model_path = resolve_model(str(model_path), need_gguf=True)
     n_batch = 512
     if profile is not None:
         chosen, why = apply_profile(profile, model_path)
@@ -323,6 +349,9 @@ def bench(
         if model_path is not None or compare:
             raise UserError("--machine predicts for another machine; it cannot measure MODEL or --compare here")
         machine = _described_machine(machine_file)
+    if model_path is not None:
+        from localcoder.hub import resolve_model
+        model_path = resolve_model(str(model_path), need_gguf=True)
     report = run_bench(model_path, prompt=prompt, generate=gen, threads=threads, compare_llamacpp=compare,
                        machine=machine, show_progress=True)
     console = err if as_json else out
