@@ -120,10 +120,13 @@ def test_an_interrupted_download_is_reported_as_incomplete(offline):
         pull("acme/Half-GGUF:Q6_K", show_progress=False)
 
 
-def localcoder(*args, home: Path) -> subprocess.CompletedProcess:
+def localcoder(*args, home: Path, online: dict | None = None) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess with HF_HOME=home, offline unless `online` gives the endpoint's environment."""
     env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "COLUMNS": "200",
-           "LOCALCODER_HOME": str(home / "localcoder")}
+           "LOCALCODER_HOME": str(home / "localcoder"), **(online or {})}
     env.pop("HF_HUB_CACHE", None)
+    if online:
+        env.pop("HF_HUB_OFFLINE")
     return subprocess.run([sys.executable, str(REPO / "cli.py"), *args], capture_output=True, text=True, env=env,
                           timeout=600)
 
@@ -152,3 +155,26 @@ def test_pull_run_and_inspect_take_hub_ids(hub_cache):
     needs_quant = localcoder("run", "acme/Demo", "hi", home=hub_cache["home"])
     assert needs_quant.returncode == 1 and "add the quant" in needs_quant.stderr
     assert "Traceback" not in needs_quant.stderr
+
+
+def test_a_cut_download_resumes_where_it_stopped(tmp_path):
+    """Online against a Hub on 127.0.0.1 that drops the connection 80% into the file: huggingface_hub asks for the
+    rest with a Range request from what it had written (it writes in 10 MB pieces), so only the unwritten part is
+    fetched again, and the file is whole. (huggingface_hub 2.x resumes within a run; a killed process starts the
+    file again.)"""
+    from fakehub import FakeHub
+
+    q8 = ensure_demo_gguf("Q8_0")
+    data = q8.read_bytes()
+    with FakeHub({"acme/Demo-GGUF": {"Demo-Q8_0.gguf": q8}}, cut_once=("Demo-Q8_0.gguf",)) as hub:
+        env = {"HF_ENDPOINT": hub.url}
+        pulled = localcoder("pull", "acme/Demo-GGUF:Q8_0", "-q", home=tmp_path / "hf", online=env)
+        assert pulled.returncode == 0, pulled.stderr
+        cut = hub.cut_at(len(data))
+        assert len(hub.range_starts) == 1 and 0 < hub.range_starts[0] <= cut
+        assert hub.bytes_served == cut + len(data) - hub.range_starts[0]
+        assert Path(pulled.stdout.strip()).read_bytes() == data
+        missing = localcoder("pull", "acme/Nope", "-q", home=tmp_path / "hf", online=env)
+        assert missing.returncode == 1 and "no repository acme/Nope on the Hub" in missing.stderr
+        no_quant = localcoder("pull", "acme/Demo-GGUF:Q3_K_S", "-q", home=tmp_path / "hf", online=env)
+        assert no_quant.returncode == 1 and "has no Q3_K_S GGUF" in no_quant.stderr
