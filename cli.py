@@ -194,6 +194,22 @@ def split(
             out.print(f"{shard}  {shard.stat().st_size / 1e9:.3f} GB", highlight=False)
 
 
+@app.command("legacy-layout")
+@user_errors
+def legacy_layout(
+    src: Path = typer.Argument(..., help="A Qwen3-Next GGUF."),
+    output: Path = typer.Option(..., "--output", "-o", help="The GGUF to write."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Write a copy with each DeltaNet layer's attn_qkv + attn_gate fused into the legacy ssm_in tensor, the layout
+    Ollama's loader expects (llama.cpp and localcoder run both)."""
+    from localcoder.legacy_layout import write_legacy
+
+    written = write_legacy(src, output, show_progress=not quiet)
+    if not quiet:
+        out.print(f"{written}  {written.stat().st_size / 1e9:.3f} GB", highlight=False)
+
+
 @app.command()
 @user_errors
 def demo(

@@ -7,6 +7,7 @@ stay in the page cache of the memory-mapped file and the kernels decode them as 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -125,8 +126,18 @@ def load_weights(reader: ModelFiles, args: ModelArgs, populate: bool = True,
     """The tensors of a model's files as Weights, checked against the geometry; a UserError names the first
     missing, misshapen or unsupported tensor. With `populate`, the file is mapped again with its pages
     prefaulted (see map_prefaulted); `int8_activations` as in Weight."""
+    from localcoder.legacy_layout import unfuse
+
     tensors = {t.name: t for t in reader.tensors}
     whole = {p: map_prefaulted(p) for p in reader.paths} if populate else None
+
+    def stored(name: str, t) -> np.ndarray:
+        if whole is None or isinstance(t, SimpleNamespace):
+            return t.data
+        mapped = whole[reader.file_of[name]]
+        return mapped[t.data_offset:t.data_offset + t.n_bytes].view(t.data.dtype).reshape(t.data.shape)
+
+    tensors |= unfuse(tensors, args, lambda t: stored(t.name, t))  # a legacy file's fused ssm_in, split
     for name in ("blk.0.ffn_gate_exps.weight", "blk.0.ffn_gate_shexp.weight"):
         if name not in tensors:
             raise UserError(f"the GGUF has no {name}: it is not a complete Qwen3-Next model")
@@ -148,11 +159,7 @@ def load_weights(reader: ModelFiles, args: ModelArgs, populate: bool = True,
             raise UserError(f"{name} is {qtype.name}; localcoder runs F32, F16, BF16, Q8_0 and Q2_K..Q6_K tensors")
         if qtype not in K.FLOAT_TYPES and shape[-1] % GGML_QUANT_SIZES[qtype][0]:
             raise UserError(f"{name}: {shape[-1]} columns are not whole {qtype.name} blocks; the file is corrupt")
-        raw = t.data
-        if whole is not None:
-            mapped = whole[reader.file_of[name]]
-            raw = mapped[t.data_offset:t.data_offset + t.n_bytes].view(t.data.dtype).reshape(t.data.shape)
-        weights[name] = Weight(name, raw, qtype, shape, int8_activations)
+        weights[name] = Weight(name, stored(name, t), qtype, shape, int8_activations)
     return weights
 
 
