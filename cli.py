@@ -276,16 +276,17 @@ def run(
     ctx_size: Optional[int] = typer.Option(None, "--ctx-size", "-c", min=1,
                                            help="Longest conversation in tokens (default: the model's, at most 32768)."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="CPU threads (default: all)."),
+    engine: str = typer.Option("localcoder", "--engine", help="localcoder (CPU runtime) or llamacpp (llama-cpp-python)."),
 ) -> None:
-    """Chat with a model on the CPU runtime, streaming text, with prompt and generation speed at the end."""
-    from localcoder.model import Model
+    """Chat with a model, streaming text, with prompt and generation speed at the end."""
+    from localcoder.server.launch import load_model
 
     options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                    repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
                    frequency_penalty=frequency_penalty, seed=seed)
     from localcoder.hub import resolve_model
 
-    model = Model.load(resolve_model(str(model_path), need_gguf=True), n_ctx=ctx_size, threads=threads)
+    model = load_model(resolve_model(str(model_path), need_gguf=True), engine, n_ctx=ctx_size, threads=threads)
     messages = [{"role": "system", "content": system}] if system else []
     session = model.new_session()
     if prompt is not None:
@@ -321,6 +322,8 @@ def serve(
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Most requests waiting; more get a 503."),
     profile: Optional[str] = typer.Option(None, "--profile", help="A hardware profile (`localcoder profiles list`), "
                                                                   "a .toml file, or auto (`localcoder bench`'s pick)."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="localcoder (CPU runtime, the default) or llamacpp "
+                                                                "(llama-cpp-python computes the logits)."),
 ) -> None:
     """Serve a model to coding agents: OpenAI (/v1/chat/completions, /v1/completions, /v1/models) and Anthropic
     (/v1/messages) APIs with streaming, tool calls and prefix reuse across turns. Options given explicitly win
@@ -337,10 +340,11 @@ def serve(
         ctx, threads = ctx or chosen.context, threads or chosen.threads
         cache_ram = chosen.prefix_cache_gib if cache_ram is None else cache_ram
         n_batch = chosen.batch
-    engine, name = load_engine(model_path, ctx, threads, 2.0 if cache_ram is None else cache_ram, max_queue,
-                               n_batch=n_batch, clamp_ctx=profile is not None)
-    serve_forever(engine, name, host, port, api_key, max_body << 20, lambda text: out.print(text, soft_wrap=True,
-                                                                                           highlight=False))
+        engine = engine or chosen.engine
+    server_engine, name = load_engine(model_path, ctx, threads, 2.0 if cache_ram is None else cache_ram, max_queue,
+                                      n_batch=n_batch, clamp_ctx=profile is not None, engine=engine or "localcoder")
+    echo = lambda text: out.print(text, soft_wrap=True, highlight=False)  # noqa: E731
+    serve_forever(server_engine, name, host, port, api_key, max_body << 20, echo)
 
 
 @app.command()

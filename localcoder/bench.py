@@ -128,7 +128,8 @@ def _measure_runnable(path, profiles, results, prompt, generate, threads, compar
             continue
         profile = profiles[r.name]
         step(f"measuring {Path(path).name} with profile {r.name}")
-        r.measured = measure_localcoder(path, profile, prompt, generate, threads)
+        measure = measure_llamacpp if profile.engine == "llamacpp" else measure_localcoder
+        r.measured = measure(path, profile, prompt, generate, threads)
         if compare_llamacpp:
             if llama is None:
                 step(f"measuring {Path(path).name} with llama.cpp")

@@ -30,6 +30,37 @@ from localcoder.weights import Weight, load_weights
 END_OF_GENERATION = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>")
 
 
+def special_ids(fields: dict, tokenizer: GGUFTokenizer) -> tuple[set[int], int | None]:
+    """(tokens that end a generation, the chat template's message-start token or None) of a GGUF's vocabulary."""
+    vocab = fields["tokenizer.ggml.tokens"]
+    end_ids = {i for i, t in enumerate(vocab) if t in END_OF_GENERATION}
+    if tokenizer.eos_id is not None:
+        end_ids.add(int(tokenizer.eos_id))
+    return end_ids, (vocab.index("<|im_start|>") if "<|im_start|>" in vocab else None)
+
+
+def context_size(fields: dict, n_ctx: int | None) -> int:
+    """The session length to use: n_ctx, or the model's trained context capped at 32768; UserError if too long."""
+    trained = int(fields.get("qwen3next.context_length", 32768))
+    n_ctx = min(trained, 32768) if n_ctx is None else int(n_ctx)
+    if not 0 < n_ctx <= trained:
+        raise UserError(f"context size {n_ctx} is outside 1..{trained} (the model's trained context)")
+    return n_ctx
+
+
+def checked_ids(token_ids, fed: int, vocab: int, n_ctx: int) -> np.ndarray:
+    """token_ids as int64, or a UserError when empty, out of the vocabulary, or past the context after `fed`."""
+    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    if len(ids) == 0:
+        raise UserError("nothing to feed: the token list is empty")
+    if ids.min() < 0 or ids.max() >= vocab:
+        raise UserError(f"token ids must be in 0..{vocab - 1}")
+    if fed + len(ids) > n_ctx:
+        raise UserError(f"{fed + len(ids)} tokens exceed the context size {n_ctx}; "
+                        "load the model with a larger n_ctx or shorten the prompt")
+    return ids
+
+
 class Model:
     """A loaded model: hyper-parameters, memory-mapped weights, tokenizer and chat template."""
 
@@ -41,11 +72,7 @@ class Model:
         self.layers = [{name[len(f"blk.{i}."):]: w for name, w in weights.items() if name.startswith(f"blk.{i}.")}
                        for i in range(args.n_layer)]
         self.output = weights.get("output.weight", weights["token_embd.weight"])  # tied: llama.cpp reuses it
-        vocab = fields["tokenizer.ggml.tokens"]
-        self.end_ids = {i for i, t in enumerate(vocab) if t in END_OF_GENERATION}
-        if self.tokenizer.eos_id is not None:
-            self.end_ids.add(int(self.tokenizer.eos_id))
-        self.message_start_id = vocab.index("<|im_start|>") if "<|im_start|>" in vocab else None
+        self.end_ids, self.message_start_id = special_ids(fields, self.tokenizer)
         self.computed_tokens = 0  # tokens run through the layers since load (prefix reuse shows here)
 
     @classmethod
@@ -61,10 +88,7 @@ class Model:
         path = Path(path)
         fields, reader = load_fields(path)
         args = model_args(fields)
-        trained = int(fields.get("qwen3next.context_length", 32768))
-        n_ctx = min(trained, 32768) if n_ctx is None else int(n_ctx)
-        if not 0 < n_ctx <= trained:
-            raise UserError(f"context size {n_ctx} is outside 1..{trained} (the model's trained context)")
+        n_ctx = context_size(fields, n_ctx)
         if n_batch < 1:
             raise UserError("n_batch must be at least 1")
         if activations not in ("q8", "f32"):
@@ -127,50 +151,9 @@ class Model:
         return self.output.matmul(rms_norm(h, self.weights["output_norm.weight"].vector(), a.eps))
 
 
-class Session:
-    """A sequence being run: KV caches of the attention layers, conv and recurrent state of the DeltaNet
-    layers, and the tokens fed so far; snapshots of it along each prompt go to its prefix cache."""
-
-    def __init__(self, model: Model, prefix_cache: PrefixCache | None = None):
-        self.model = model
-        self.layers = _empty_layers(model.args)
-        self.tokens: list[int] = []
-        self.prefix_cache = prefix_cache if prefix_cache is not None else PrefixCache()
-
-    def feed(self, token_ids, all_logits: bool = False) -> np.ndarray:
-        """Continue the session with token_ids; logits of the last one (float32 [vocab]), or of all of them
-        ([n, vocab]) with all_logits."""
-        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
-        vocab = self.model.args.vocab
-        if len(ids) == 0:
-            raise UserError("nothing to feed: the token list is empty")
-        if ids.min() < 0 or ids.max() >= vocab:
-            raise UserError(f"token ids must be in 0..{vocab - 1}")
-        if len(self.tokens) + len(ids) > self.model.n_ctx:
-            raise UserError(f"{len(self.tokens) + len(ids)} tokens exceed the context size {self.model.n_ctx}; "
-                            "load the model with a larger n_ctx or shorten the prompt")
-        pieces = []
-        for c0 in range(0, len(ids), self.model.n_batch):
-            chunk = ids[c0:c0 + self.model.n_batch]
-            last_chunk = c0 + self.model.n_batch >= len(ids)
-            which = "all" if all_logits else "last" if last_chunk else "none"
-            pieces.append(self.model.forward(self, chunk, which))
-            self.tokens.extend(int(t) for t in chunk)
-        return np.concatenate(pieces) if all_logits else pieces[-1][-1]
-
-    def snapshot(self) -> Snapshot:
-        """The state at the current position, unchanged by later feeding (KV rows shared, DeltaNet states copied)."""
-        return Snapshot(tuple(self.tokens), [layer.share() if isinstance(layer, KVCache) else
-                                             {k: v.copy() for k, v in layer.items()} for layer in self.layers])
-
-    def restore(self, snapshot: Snapshot) -> None:
-        """Return to a snapshot (the snapshot stays usable)."""
-        self.layers = None  # drop this state's claim on its KV rows first, so the restored state may extend them
-        self.tokens = list(snapshot.tokens)
-        self.layers = _copy_layers(snapshot.layers)
-
-    def reset(self) -> None:
-        self.tokens, self.layers = [], _empty_layers(self.model.args)
+class PrefixReuse:
+    """Prompt feeding with prefix reuse, for any session that has `tokens`, `prefix_cache`, `feed`, `snapshot`,
+    `restore` and `reset` (the CPU runtime's Session, and the llama.cpp engine's)."""
 
     def reuse_prefix(self, prompt: list[int]) -> int:
         """Bring the session to the longest state that is a prefix of `prompt` (its current position or a
@@ -198,6 +181,44 @@ class Session:
             self.prefix_cache.add(self.snapshot())
             start = end
         return logits, reused
+
+
+class Session(PrefixReuse):
+    """A sequence being run: KV caches of the attention layers, conv and recurrent state of the DeltaNet
+    layers, and the tokens fed so far; snapshots of it along each prompt go to its prefix cache."""
+
+    def __init__(self, model: Model, prefix_cache: PrefixCache | None = None):
+        self.model = model
+        self.layers = _empty_layers(model.args)
+        self.tokens: list[int] = []
+        self.prefix_cache = prefix_cache if prefix_cache is not None else PrefixCache()
+
+    def feed(self, token_ids, all_logits: bool = False) -> np.ndarray:
+        """Continue the session with token_ids; logits of the last one (float32 [vocab]), or of all of them
+        ([n, vocab]) with all_logits."""
+        ids = checked_ids(token_ids, len(self.tokens), self.model.args.vocab, self.model.n_ctx)
+        pieces = []
+        for c0 in range(0, len(ids), self.model.n_batch):
+            chunk = ids[c0:c0 + self.model.n_batch]
+            last_chunk = c0 + self.model.n_batch >= len(ids)
+            which = "all" if all_logits else "last" if last_chunk else "none"
+            pieces.append(self.model.forward(self, chunk, which))
+            self.tokens.extend(int(t) for t in chunk)
+        return np.concatenate(pieces) if all_logits else pieces[-1][-1]
+
+    def snapshot(self) -> Snapshot:
+        """The state at the current position, unchanged by later feeding (KV rows shared, DeltaNet states copied)."""
+        return Snapshot(tuple(self.tokens), [layer.share() if isinstance(layer, KVCache) else
+                                             {k: v.copy() for k, v in layer.items()} for layer in self.layers])
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Return to a snapshot (the snapshot stays usable)."""
+        self.layers = None  # drop this state's claim on its KV rows first, so the restored state may extend them
+        self.tokens = list(snapshot.tokens)
+        self.layers = _copy_layers(snapshot.layers)
+
+    def reset(self) -> None:
+        self.tokens, self.layers = [], _empty_layers(self.model.args)
 
 
 def _empty_layers(a: ModelArgs) -> list:

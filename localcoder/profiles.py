@@ -236,7 +236,10 @@ def get_profile(name_or_path: str) -> Profile:
 def not_built(profile: Profile) -> str | None:
     """Why this build of localcoder cannot run the profile yet (whatever the machine), or None."""
     if profile.engine == "llamacpp":
-        return "the llama.cpp engine is not built into localcoder yet"
+        import importlib.util
+        if importlib.util.find_spec("llama_cpp") is None:
+            return "the llama.cpp engine needs llama-cpp-python (pip install 'localcoder[llamacpp]')"
+        return None
     if any(d != "cpu" for d in profile.devices):
         return "localcoder's CUDA backend is not built yet"
     return None

@@ -135,8 +135,7 @@ def test_bench_predicts_for_a_described_machine(tmp_path, home):
     done = localcoder("bench", "--machine", str(tmp_path / "mac.json"), "--json", home=home)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["best_for_hardware"] == "m4-mac-mini-64gb"
-    assert report["recommended"] == "cpu-only"  # what this build runs today (no llama.cpp engine yet)
+    assert report["best_for_hardware"] == report["recommended"] == "m4-mac-mini-64gb"  # the llama.cpp engine runs it
     (tmp_path / "bad.json").write_text("{not json")
     bad = localcoder("bench", "--machine", str(tmp_path / "bad.json"), home=home)
     assert bad.returncode == 1 and "is not valid JSON" in bad.stderr and "Traceback" not in bad.stderr

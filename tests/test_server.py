@@ -31,15 +31,19 @@ TOOL_ROUND = [{"role": "user", "content": "What is in app.py?"},
               {"role": "tool", "tool_call_id": "call_1", "content": "print('hi')"}]
 
 
-@pytest.fixture(scope="module")
-def served(hf_model, tmp_path_factory):
-    """(model, HF tokenizer, base URL of an open server, base URL of one that requires KEY)."""
+@pytest.fixture(scope="module", params=["localcoder", "llamacpp"])
+def served(request, hf_model, tmp_path_factory):
+    """(reference model, HF tokenizer, base URL of an open server, base URL of one that requires KEY), for each
+    engine: the CPU runtime, and llama.cpp computing the logits (whose reference is a second llama.cpp context,
+    itself held to llama-cpp-python's own sampler in test_llamacpp_engine)."""
     from transformers import AutoTokenizer
+
+    from localcoder.server.launch import load_model
 
     hf_dir = hf_model("tiny")
     path = convert_hf(hf_dir, tmp_path_factory.mktemp("serve") / "tiny.gguf", "F32", show_progress=False).out
-    model = Model.load(path, n_ctx=4096)
-    engine = Engine(model)
+    model = load_model(path, request.param, n_ctx=4096)
+    engine = Engine(load_model(path, request.param, n_ctx=4096) if request.param == "llamacpp" else model)
     with BackgroundServer(create_app(engine, "tiny")) as url, \
             BackgroundServer(create_app(engine, "tiny", api_key=KEY, max_body_bytes=1 << 16)) as locked:
         yield model, AutoTokenizer.from_pretrained(hf_dir), url, locked

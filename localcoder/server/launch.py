@@ -10,11 +10,11 @@ GIB = 1 << 30
 
 
 def load_engine(model_path: Path | None, n_ctx: int | None, threads: int | None, cache_gib: float, max_queue: int,
-                n_batch: int = 512, clamp_ctx: bool = False):
+                n_batch: int = 512, clamp_ctx: bool = False, engine: str = "localcoder"):
     """(Engine, model name) for a GGUF, or for the embedded demo model when model_path is None. clamp_ctx: a
-    context longer than the model was trained for (a profile's) becomes the trained length."""
+    context longer than the model was trained for (a profile's) becomes the trained length. engine: "localcoder"
+    (the CPU runtime) or "llamacpp" (llama-cpp-python computes the logits)."""
     from localcoder.gguf_model import load_fields
-    from localcoder.model import Model
     from localcoder.prefix_cache import PrefixCache
     from localcoder.server.engine import Engine
 
@@ -25,8 +25,22 @@ def load_engine(model_path: Path | None, n_ctx: int | None, threads: int | None,
         raise UserError("--cache-ram must be >= 0 GiB")
     if clamp_ctx and n_ctx is not None:
         n_ctx = min(n_ctx, int(load_fields(Path(model_path))[0].get("qwen3next.context_length", n_ctx)))
-    model = Model.load(model_path, n_ctx=n_ctx, n_batch=n_batch, threads=threads)
+    model = load_model(model_path, engine, n_ctx=n_ctx, n_batch=n_batch, threads=threads)
     return Engine(model, PrefixCache(int(cache_gib * GIB)), max_queue=max_queue), Path(model_path).stem
+
+
+ENGINES = ("localcoder", "llamacpp")
+
+
+def load_model(path: Path, engine: str = "localcoder", **options):
+    """A Model (CPU runtime) or a LlamaCppModel for `path`."""
+    if engine == "llamacpp":
+        from localcoder.llamacpp_engine import LlamaCppModel
+        return LlamaCppModel.load(path, **options)
+    if engine != "localcoder":
+        raise UserError(f"--engine {engine!r}: choose {' or '.join(ENGINES)}")
+    from localcoder.model import Model
+    return Model.load(path, **options)
 
 
 def apply_profile(name: str, model_path: Path | None):
