@@ -333,7 +333,7 @@ def serve(
 
     if model_path is not None:
         model_path = resolve_model(str(model_path), need_gguf=True)
-    n_batch = 512
+    n_batch, n_gpu_layers = 512, 0
     if profile is not None:
         chosen, why = apply_profile(profile, model_path)
         err.print(f"[dim]profile {chosen.name}: {why}[/]", soft_wrap=True, highlight=False)
@@ -341,8 +341,10 @@ def serve(
         cache_ram = chosen.prefix_cache_gib if cache_ram is None else cache_ram
         n_batch = chosen.batch
         engine = engine or chosen.engine
+        n_gpu_layers = -1 if chosen.devices == ["gpu"] else 0  # llama.cpp: every layer on the accelerator
     server_engine, name = load_engine(model_path, ctx, threads, 2.0 if cache_ram is None else cache_ram, max_queue,
-                                      n_batch=n_batch, clamp_ctx=profile is not None, engine=engine or "localcoder")
+                                      n_batch=n_batch, clamp_ctx=profile is not None, engine=engine or "localcoder",
+                                      n_gpu_layers=n_gpu_layers)
     echo = lambda text: out.print(text, soft_wrap=True, highlight=False)  # noqa: E731
     serve_forever(server_engine, name, host, port, api_key, max_body << 20, echo)
 

@@ -139,6 +139,18 @@ def open_model_files(path: Path) -> ModelFiles:
     return ModelFiles(readers)
 
 
+def copy_metadata(files: ModelFiles, writer) -> None:
+    """Every metadata key of `files` into a gguf-py writer made with the same architecture (which writes that key
+    itself), except gguf-py's internal fields and the split keys (a writer adds its own)."""
+    from gguf import GGUFValueType
+
+    for f in files.fields.values():
+        if f.name.startswith("GGUF.") or f.name in SPLIT_KEYS or f.name == "general.architecture":
+            continue
+        sub = f.types[-1] if f.types[0] == GGUFValueType.ARRAY else None
+        writer.add_key_value(f.name, f.contents(), f.types[0], sub_type=sub)
+
+
 def load_fields(path: Path) -> tuple[dict, ModelFiles]:
     """(metadata key -> value, the model's files) for the GGUF at `path` (split GGUFs: any shard)."""
     files = open_model_files(path)

@@ -32,9 +32,9 @@ def parse_size(text: str) -> int:
 def split_gguf(src: Path, out: Path, max_bytes: int, show_progress: bool = True) -> list[Path]:
     """Write `src` (one GGUF) as shards of at most `max_bytes` of tensor data each (a tensor larger than that gets
     a shard of its own); returns the shard paths, named after `out`."""
-    from gguf import GGUFValueType, GGUFWriter
+    from gguf import GGUFWriter
 
-    from localcoder.gguf_model import SHARD_NAME, SPLIT_KEYS, open_model_files
+    from localcoder.gguf_model import SHARD_NAME, copy_metadata, open_model_files
 
     files = open_model_files(src)
     if len(files.paths) > 1:
@@ -46,11 +46,7 @@ def split_gguf(src: Path, out: Path, max_bytes: int, show_progress: bool = True)
     arch = files.fields["general.architecture"].contents()
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.") as tmp:
         writer = GGUFWriter(Path(tmp) / out.name, arch, split_max_size=max_bytes)
-        for f in files.fields.values():
-            if f.name.startswith("GGUF.") or f.name in SPLIT_KEYS or f.name == "general.architecture":
-                continue
-            sub = f.types[-1] if f.types[0] == GGUFValueType.ARRAY else None
-            writer.add_key_value(f.name, f.contents(), f.types[0], sub_type=sub)
+        copy_metadata(files, writer)
         for t in files.tensors:
             writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)  # quantized data: its byte shape
         writer.write_header_to_file()

@@ -49,9 +49,9 @@ def unfuse(tensors: dict, args, raw_of) -> dict:
 
 def write_legacy(src: Path, out: Path, show_progress: bool = True) -> Path:
     """Copy the GGUF `src` to `out` with each DeltaNet layer's attn_qkv and attn_gate fused into ssm_in."""
-    from gguf import GGUFValueType, GGUFWriter
+    from gguf import GGUFWriter
 
-    from localcoder.gguf_model import SPLIT_KEYS, load_fields, model_args
+    from localcoder.gguf_model import copy_metadata, load_fields, model_args
     from quant.gguf_out import atomic_path, check_destination
 
     fields, files = load_fields(src)
@@ -61,11 +61,7 @@ def write_legacy(src: Path, out: Path, show_progress: bool = True) -> Path:
     order = fused_order(args.nk, args.dk, args.nv, args.dv)
     with atomic_path(out) as tmp:
         writer = GGUFWriter(tmp, fields["general.architecture"])
-        for f in files.fields.values():
-            if f.name.startswith("GGUF.") or f.name in SPLIT_KEYS or f.name == "general.architecture":
-                continue
-            sub = f.types[-1] if f.types[0] == GGUFValueType.ARRAY else None
-            writer.add_key_value(f.name, f.contents(), f.types[0], sub_type=sub)
+        copy_metadata(files, writer)
         for t in files.tensors:
             if t.name.endswith(".attn_gate.weight") and t.name.replace("attn_gate", "attn_qkv") in tensors:
                 continue  # fused into ssm_in below
