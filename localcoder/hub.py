@@ -138,11 +138,13 @@ def _gguf_in(folder: Path, repo: str, quant: str) -> Path:
     """The GGUF of `quant` in a snapshot: one file, or the first shard of one split set."""
     from localcoder.gguf_model import SHARD_NAME, shard_paths
 
+    def first_shard(p: Path) -> Path:
+        m = SHARD_NAME.match(p.name)
+        return p.with_name(f"{m['stem']}-00001-of-{m['count']}.gguf") if m else p
+
     found = [p for p in sorted(folder.rglob("*.gguf")) if _quant_of(p.name) == quant.upper()
              and "mmproj" not in p.name.lower()]
-    models = sorted({p if not SHARD_NAME.match(p.name) else
-                     p.with_name(f"{SHARD_NAME.match(p.name)['stem']}-00001-of-{SHARD_NAME.match(p.name)['count']}.gguf")
-                     for p in found})
+    models = sorted({first_shard(p) for p in found})
     if not models:
         quants = sorted({_quant_of(p.name) for p in folder.rglob("*.gguf")} - {None})
         listed = f"; it has {', '.join(quants)}" if quants else ""
