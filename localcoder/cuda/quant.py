@@ -1,0 +1,41 @@
+"""Host-side calls of the block-format kernels: dequantize rows, multiply one token by a quantized matrix."""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from localcoder.cuda.blocks import GROUP, GROUP_BYTES, TYPE_IDS, dequantize_kernel, gemv_kernel
+from localcoder.errors import UserError
+
+GEMV_ROWS = 4  # rows per program of the decode kernel
+
+
+def _check(raw: torch.Tensor, qtype: str, cols: int) -> int:
+    """Groups per row, after checking the type and that rows hold whole groups."""
+    if qtype not in TYPE_IDS:
+        raise UserError(f"the CUDA backend has no kernel for {qtype} yet; it runs {', '.join(TYPE_IDS)}")
+    if cols % GROUP:
+        raise UserError(f"{qtype} rows of {cols} values are not whole groups of {GROUP} for the CUDA kernels")
+    groups = cols // GROUP
+    if raw.dtype != torch.uint8 or raw.dim() != 2 or raw.shape[1] != groups * GROUP_BYTES[qtype]:
+        raise ValueError(f"expected uint8 rows of {groups * GROUP_BYTES[qtype]} bytes, got {tuple(raw.shape)} {raw.dtype}")
+    return groups
+
+
+def dequantize(raw: torch.Tensor, qtype: str, cols: int) -> torch.Tensor:
+    """float32 [rows, cols] from uint8 rows in block format `qtype` (on raw's device)."""
+    groups = _check(raw, qtype, cols)
+    out = torch.empty((raw.shape[0], cols), dtype=torch.float32, device=raw.device)
+    dequantize_kernel[(raw.shape[0] * groups,)](raw.contiguous(), out, TYPE_IDS[qtype], GROUP_BYTES[qtype])
+    return out
+
+
+def gemv(raw: torch.Tensor, qtype: str, x: torch.Tensor) -> torch.Tensor:
+    """float32 [rows]: W @ x for one token x [cols] (float32), W in block format `qtype`."""
+    groups = _check(raw, qtype, x.shape[-1])
+    rows = raw.shape[0]
+    y = torch.empty(rows, dtype=torch.float32, device=raw.device)
+    gemv_kernel[(triton.cdiv(rows, GEMV_ROWS),)](raw.contiguous(), x.contiguous().float(), y, rows, raw.shape[1],
+                                                 groups, TYPE_IDS[qtype], GROUP_BYTES[qtype], GEMV_ROWS)
+    return y
