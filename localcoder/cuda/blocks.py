@@ -118,11 +118,13 @@ def values(p, e, TYPE: tl.constexpr):
 
 
 @triton.jit
-def dequantize_kernel(w, out, TYPE: tl.constexpr, GROUP_BYTES: tl.constexpr):
-    """out[g*256 : (g+1)*256] = the values of group g (one program per group)."""
-    g = tl.program_id(0)
+def dequantize_kernel(w, out, n_groups, TYPE: tl.constexpr, GROUP_BYTES: tl.constexpr, BLOCK_GROUPS: tl.constexpr):
+    """out[g*256 : (g+1)*256] = the values of group g, for BLOCK_GROUPS groups per program."""
+    g = tl.program_id(0) * BLOCK_GROUPS + tl.arange(0, BLOCK_GROUPS)
+    valid = g < n_groups
     e = tl.arange(0, 256)
-    tl.store(out + g.to(tl.int64) * 256 + e, values(w + g.to(tl.int64) * GROUP_BYTES, e, TYPE))
+    base = w + tl.where(valid, g, 0).to(tl.int64)[:, None] * GROUP_BYTES
+    tl.store(out + g.to(tl.int64)[:, None] * 256 + e[None, :], values(base, e[None, :], TYPE), mask=valid[:, None])
 
 
 @triton.jit

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 
 from localcoder.cuda.blocks import GROUP, GROUP_BYTES, TYPE_IDS, dequantize_kernel, gemv_kernel
 from localcoder.errors import UserError
 
-GEMV_ROWS = 4  # rows per program of the decode kernel
+# Work per program. Triton's interpreter (TRITON_INTERPRET=1, tests without a GPU) pays per program, so there
+# programs are made large; on a GPU these are the starting points to tune against measurements.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+GEMV_ROWS = 64 if INTERPRETED else 4  # rows per program of the decode kernel
+DEQUANT_GROUPS = 256 if INTERPRETED else 8  # 256-value groups per program of the dequantize kernel
 
 
 def _check(raw: torch.Tensor, qtype: str, cols: int) -> int:
@@ -27,7 +33,9 @@ def dequantize(raw: torch.Tensor, qtype: str, cols: int) -> torch.Tensor:
     """float32 [rows, cols] from uint8 rows in block format `qtype` (on raw's device)."""
     groups = _check(raw, qtype, cols)
     out = torch.empty((raw.shape[0], cols), dtype=torch.float32, device=raw.device)
-    dequantize_kernel[(raw.shape[0] * groups,)](raw.contiguous(), out, TYPE_IDS[qtype], GROUP_BYTES[qtype])
+    total = raw.shape[0] * groups
+    dequantize_kernel[(triton.cdiv(total, DEQUANT_GROUPS),)](raw.contiguous(), out, total, TYPE_IDS[qtype],
+                                                             GROUP_BYTES[qtype], DEQUANT_GROUPS)
     return out
 
 

@@ -1,0 +1,56 @@
+"""The CUDA backend's torch forward against the CPU runtime: F32 files within 1e-3 of the largest logit, quantized
+files within the same bound of the runtime's exact-activation mode (both multiply float activations by the same
+decoded weights), prefill and token-by-token decode alike. On a GPU when there is one, else on the CPU through
+Triton's interpreter (small models)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are defined
+pytest.importorskip("triton")
+
+from localcoder.cuda.model import TorchModel  # noqa: E402
+from localcoder.errors import UserError  # noqa: E402
+from localcoder.model import Model  # noqa: E402
+from quant.convert import convert_hf  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOKENS = [3, 17, 99, 250, 7, 64, 5, 300]
+BOUND = 1e-3
+
+
+def assert_close(got: np.ndarray, expected: np.ndarray) -> None:
+    err = np.abs(got - expected).max() / np.abs(expected).max()
+    assert err < BOUND, err
+
+
+def test_f32_logits_equal_the_cpu_runtime(hf_model, tmp_path):
+    path = convert_hf(hf_model("realheads"), tmp_path / "f32.gguf", "F32", show_progress=False).out
+    assert_close(TorchModel.load(path, DEVICE).logits(TOKENS), Model.load(path).logits(TOKENS))
+
+
+def test_quantized_prefill_and_decode_equal_the_cpu_runtime(tmp_path):
+    from localcoder.synth import write_synthetic
+    from quant.recipes import QWEN3_CODER_NEXT
+    from test_bench import KQUANT_TEST_MODEL
+
+    path = tmp_path / "q4km.gguf"
+    write_synthetic(path, {**QWEN3_CODER_NEXT, **KQUANT_TEST_MODEL}, "Q4_K_M", show_progress=False)
+    expected = Model.load(path, activations="f32").logits(TOKENS)
+    model = TorchModel.load(path, DEVICE)
+    assert_close(model.logits(TOKENS), expected)
+    session = model.new_session()
+    stepped = [session.feed(TOKENS[:5])] + [session.feed([t]) for t in TOKENS[5:]]  # the GEMV path
+    assert_close(np.stack(stepped), expected[4:])
+
+
+def test_loading_errors_are_clear(tmp_path):
+    reason = "does not exist" if torch.cuda.is_available() else "no CUDA device"  # checked before the file
+    with pytest.raises(UserError, match=reason):
+        TorchModel.load(tmp_path / "missing.gguf", "cuda")
