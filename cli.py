@@ -277,6 +277,7 @@ def run(
                                            help="Longest conversation in tokens (default: the model's, at most 32768)."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="CPU threads (default: all)."),
     engine: str = typer.Option("localcoder", "--engine", help="localcoder (CPU runtime) or llamacpp (llama-cpp-python)."),
+    backend: str = typer.Option("cpu", "--backend", help="localcoder's backend: cpu, or cuda (one GPU, in progress)."),
 ) -> None:
     """Chat with a model, streaming text, with prompt and generation speed at the end."""
     from localcoder.server.launch import load_model
@@ -286,7 +287,8 @@ def run(
                    frequency_penalty=frequency_penalty, seed=seed)
     from localcoder.hub import resolve_model
 
-    model = load_model(resolve_model(str(model_path), need_gguf=True), engine, n_ctx=ctx_size, threads=threads)
+    model = load_model(resolve_model(str(model_path), need_gguf=True), engine, backend, n_ctx=ctx_size,
+                       threads=threads)
     messages = [{"role": "system", "content": system}] if system else []
     session = model.new_session()
     if prompt is not None:
@@ -324,6 +326,7 @@ def serve(
                                                                   "a .toml file, or auto (`localcoder bench`'s pick)."),
     engine: Optional[str] = typer.Option(None, "--engine", help="localcoder (CPU runtime, the default) or llamacpp "
                                                                 "(llama-cpp-python computes the logits)."),
+    backend: str = typer.Option("cpu", "--backend", help="localcoder's backend: cpu, or cuda (one GPU, in progress)."),
 ) -> None:
     """Serve a model to coding agents: OpenAI (/v1/chat/completions, /v1/completions, /v1/models) and Anthropic
     (/v1/messages) APIs with streaming, tool calls and prefix reuse across turns. Options given explicitly win
@@ -344,7 +347,7 @@ def serve(
         n_gpu_layers = -1 if chosen.devices == ["gpu"] else 0  # llama.cpp: every layer on the accelerator
     server_engine, name = load_engine(model_path, ctx, threads, 2.0 if cache_ram is None else cache_ram, max_queue,
                                       n_batch=n_batch, clamp_ctx=profile is not None, engine=engine or "localcoder",
-                                      n_gpu_layers=n_gpu_layers)
+                                      n_gpu_layers=n_gpu_layers, backend=backend)
     echo = lambda text: out.print(text, soft_wrap=True, highlight=False)  # noqa: E731
     serve_forever(server_engine, name, host, port, api_key, max_body << 20, echo)
 

@@ -240,6 +240,11 @@ def not_built(profile: Profile) -> str | None:
         if importlib.util.find_spec("llama_cpp") is None:
             return "the llama.cpp engine needs llama-cpp-python (pip install 'localcoder[llamacpp]')"
         return None
-    if any(d != "cpu" for d in profile.devices):
-        return "localcoder's CUDA backend is not built yet"
+    cuda = [d for d in profile.devices if d.startswith("cuda")]
+    if len(cuda) > 1:
+        return "localcoder's CUDA backend has no multi-GPU layer split yet"
+    if cuda and profile.expert_cache_gib:
+        return "localcoder's hybrid expert cache (experts in RAM, streamed to VRAM) is not built yet"
+    if cuda and "cpu" in profile.devices:
+        return "localcoder's CUDA backend keeps every weight on the GPU; CPU placement is not built yet"
     return None

@@ -122,7 +122,7 @@ def test_serve_profile_auto_follows_the_saved_bench(bench_run, test_models):
 def test_serve_refuses_a_profile_this_machine_or_build_cannot_run(test_models):
     from localcoder.server.launch import apply_profile
 
-    with pytest.raises(UserError, match="profile gpu-16gb cannot run here"):
+    with pytest.raises(UserError, match="profile gpu-16gb cannot run here: localcoder's hybrid expert cache"):
         apply_profile("gpu-16gb", test_models["demo Q8_0"])
     with pytest.raises(UserError, match="no profile 'fastest'"):
         apply_profile("fastest", test_models["demo Q8_0"])

@@ -41,7 +41,8 @@ def test_placement_rules_put_tensors_where_the_profiles_say():
     assert get_profile("cpu-only").devices == ["cpu"]
     assert not_built(get_profile("cpu-only")) is None
     assert not_built(get_profile("dgx-spark")) is None  # the llama.cpp engine (llama-cpp-python is installed)
-    assert "CUDA backend" in not_built(get_profile("gpu-16gb"))
+    assert "hybrid expert cache" in not_built(get_profile("gpu-16gb"))
+    assert "multi-GPU" in not_built(get_profile("dual-rtx-5090"))
 
 
 GOOD = (PROFILES_DIR / "gpu-16gb.toml").read_text()

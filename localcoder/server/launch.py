@@ -10,7 +10,8 @@ GIB = 1 << 30
 
 
 def load_engine(model_path: Path | None, n_ctx: int | None, threads: int | None, cache_gib: float, max_queue: int,
-                n_batch: int = 512, clamp_ctx: bool = False, engine: str = "localcoder", n_gpu_layers: int = 0):
+                n_batch: int = 512, clamp_ctx: bool = False, engine: str = "localcoder", n_gpu_layers: int = 0,
+                backend: str = "cpu"):
     """(Engine, model name) for a GGUF, or for the embedded demo model when model_path is None. clamp_ctx: a
     context longer than the model was trained for (a profile's) becomes the trained length. engine: "localcoder"
     (the CPU runtime) or "llamacpp" (llama-cpp-python computes the logits; n_gpu_layers as llama.cpp's -ngl)."""
@@ -26,22 +27,22 @@ def load_engine(model_path: Path | None, n_ctx: int | None, threads: int | None,
     if clamp_ctx and n_ctx is not None:
         n_ctx = min(n_ctx, int(load_fields(Path(model_path))[0].get("qwen3next.context_length", n_ctx)))
     gpu = {"n_gpu_layers": n_gpu_layers} if engine == "llamacpp" else {}
-    model = load_model(model_path, engine, n_ctx=n_ctx, n_batch=n_batch, threads=threads, **gpu)
+    model = load_model(model_path, engine, backend, n_ctx=n_ctx, n_batch=n_batch, threads=threads, **gpu)
     return Engine(model, PrefixCache(int(cache_gib * GIB)), max_queue=max_queue), Path(model_path).stem
 
 
 ENGINES = ("localcoder", "llamacpp")
 
 
-def load_model(path: Path, engine: str = "localcoder", **options):
-    """A Model (CPU runtime) or a LlamaCppModel for `path`."""
+def load_model(path: Path, engine: str = "localcoder", backend: str = "cpu", **options):
+    """A Model (localcoder's runtime on `backend`: cpu or cuda) or a LlamaCppModel for `path`."""
     if engine == "llamacpp":
         from localcoder.llamacpp_engine import LlamaCppModel
         return LlamaCppModel.load(path, **options)
     if engine != "localcoder":
         raise UserError(f"--engine {engine!r}: choose {' or '.join(ENGINES)}")
     from localcoder.model import Model
-    return Model.load(path, **options)
+    return Model.load(path, backend=backend, **options)
 
 
 def apply_profile(name: str, model_path: Path | None):
