@@ -53,3 +53,23 @@ def test_unsupported_types_and_shapes_are_clear_errors():
         dequantize(torch.from_numpy(raw).to(DEVICE), "Q4_0", COLS)
     with pytest.raises(UserError, match="not whole groups"):
         dequantize(torch.from_numpy(raw).to(DEVICE), "Q4_K", 300)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0"])
+def test_grouped_gemv_runs_each_slot_on_its_expert(qtype):
+    from localcoder.cuda.quant import grouped_gemv
+
+    n_expert, rows = 5, 96
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal((n_expert * rows, 256)).astype(np.float32)
+    raw = quantize(values, T[qtype])
+    weights = gguf_dequantize(raw, T[qtype], (n_expert * rows, 256)).reshape(n_expert, rows, 256).astype(np.float64)
+    stacked = torch.from_numpy(raw.reshape(n_expert, rows, -1)).to(DEVICE)
+    experts = np.array([3, 0, 4])
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    got = grouped_gemv(stacked, qtype, torch.from_numpy(experts).to(DEVICE), torch.from_numpy(x).to(DEVICE))
+    expected = np.stack([weights[e] @ x[s] for s, e in enumerate(experts)])
+    np.testing.assert_allclose(got.cpu().numpy(), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    shared = grouped_gemv(stacked, qtype, torch.from_numpy(experts).to(DEVICE), torch.from_numpy(x[0]).to(DEVICE))
+    np.testing.assert_allclose(shared.cpu().numpy(), np.stack([weights[e] @ x[0] for e in experts]), rtol=1e-5,
+                               atol=1e-5 * np.abs(expected).max())

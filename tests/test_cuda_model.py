@@ -32,7 +32,12 @@ def assert_close(got: np.ndarray, expected: np.ndarray) -> None:
 
 def test_f32_logits_equal_the_cpu_runtime(hf_model, tmp_path):
     path = convert_hf(hf_model("realheads"), tmp_path / "f32.gguf", "F32", show_progress=False).out
-    assert_close(TorchModel.load(path, DEVICE).logits(TOKENS), Model.load(path).logits(TOKENS))
+    expected = Model.load(path).logits(TOKENS)
+    model = TorchModel.load(path, DEVICE)
+    assert_close(model.logits(TOKENS), expected)
+    session = model.new_session()
+    stepped = [session.feed(TOKENS[:3])] + [session.feed([t]) for t in TOKENS[3:]]
+    assert_close(np.stack(stepped), expected[2:])
 
 
 def test_quantized_prefill_and_decode_equal_the_cpu_runtime(tmp_path):

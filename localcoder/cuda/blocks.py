@@ -140,3 +140,21 @@ def gemv_kernel(w, x, y, n_rows, row_bytes, n_groups, TYPE: tl.constexpr, GROUP_
         base = w + tl.where(valid, rows, 0).to(tl.int64)[:, None] * row_bytes + g * GROUP_BYTES
         acc += tl.sum(values(base, e[None, :], TYPE) * xs[None, :], axis=1)
     tl.store(y + rows, acc, mask=valid)
+
+
+@triton.jit
+def grouped_gemv_kernel(w, experts, x, y, n_rows, row_bytes, expert_bytes, x_stride, n_groups, TYPE: tl.constexpr,
+                        GROUP_BYTES: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+    """y[s, r] = W[experts[s]][r] . x[s] for the selected experts' slots s (program axis 1), BLOCK_ROWS rows per
+    program (axis 0): a decode step's routed experts in one launch. x_stride 0 gives every slot the same input."""
+    s = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    valid = rows < n_rows
+    e = tl.arange(0, 256)
+    expert = tl.load(experts + s).to(tl.int64)
+    acc = tl.zeros((BLOCK_ROWS,), tl.float32)
+    for g in range(n_groups):
+        xs = tl.load(x + s * x_stride + g * 256 + e)
+        base = w + expert * expert_bytes + tl.where(valid, rows, 0).to(tl.int64)[:, None] * row_bytes + g * GROUP_BYTES
+        acc += tl.sum(values(base, e[None, :], TYPE) * xs[None, :], axis=1)
+    tl.store(y + s * n_rows + rows, acc, mask=valid)

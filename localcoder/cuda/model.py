@@ -53,6 +53,15 @@ class DeviceWeight:
             return gemv(raw, self.qtype, x[0])[None]
         return x @ dequantize(raw, self.qtype, self.shape[-1]).T
 
+    def grouped(self, x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """[slots, rows]: expert experts[s] of this stacked tensor times x (one input [cols], or one per slot)."""
+        from localcoder.cuda.quant import grouped_gemv
+
+        if self.qtype in FLOAT_TYPES:
+            inputs = x.expand(len(experts), -1) if x.dim() == 1 else x
+            return torch.einsum("sc,src->sr", inputs, self.values[experts])
+        return grouped_gemv(self.raw, self.qtype, experts, x)
+
     def vector(self) -> torch.Tensor:
         return self.values.reshape(-1)
 
@@ -242,13 +251,24 @@ def _moe(x, w, p, args) -> torch.Tensor:
     probs = torch.softmax(logits, dim=-1)
     weights, top = torch.topk(probs, args.n_expert_used, dim=-1)
     weights = weights / weights.sum(dim=-1, keepdim=True)
+    if x.shape[0] == 1:  # decode: every chosen expert in one launch per projection
+        hidden = torch.nn.functional.silu(w[p + "ffn_gate_exps.weight"].grouped(x[0], top[0])) * \
+            w[p + "ffn_up_exps.weight"].grouped(x[0], top[0])
+        out = (weights[0][:, None] * w[p + "ffn_down_exps.weight"].grouped(hidden, top[0])).sum(dim=0, keepdim=True)
+    else:
+        out = _experts_by_group(x, w, p, top, weights)
+    shared = torch.nn.functional.silu(w[p + "ffn_gate_shexp.weight"].matmul(x)) * w[p + "ffn_up_shexp.weight"].matmul(x)
+    shared = w[p + "ffn_down_shexp.weight"].matmul(shared)
+    return out + shared * torch.sigmoid(x @ w[p + "ffn_gate_inp_shexp.weight"].vector())[:, None]
+
+
+def _experts_by_group(x, w, p, top, weights) -> torch.Tensor:
+    """Prefill: each chosen expert once, over the tokens that chose it."""
     out = torch.zeros_like(x)
-    for e in torch.unique(top).tolist():  # each chosen expert once, over the tokens that chose it
+    for e in torch.unique(top).tolist():
         tokens, slot = (top == e).nonzero(as_tuple=True)
         xe = x[tokens]
         hidden = torch.nn.functional.silu(w[p + "ffn_gate_exps.weight"].matmul(xe, e)) * \
             w[p + "ffn_up_exps.weight"].matmul(xe, e)
         out.index_add_(0, tokens, weights[tokens, slot][:, None] * w[p + "ffn_down_exps.weight"].matmul(hidden, e))
-    shared = torch.nn.functional.silu(w[p + "ffn_gate_shexp.weight"].matmul(x)) * w[p + "ffn_up_shexp.weight"].matmul(x)
-    shared = w[p + "ffn_down_shexp.weight"].matmul(shared)
-    return out + shared * torch.sigmoid(x @ w[p + "ffn_gate_inp_shexp.weight"].vector())[:, None]
+    return out

@@ -7,7 +7,8 @@ import os
 import torch
 import triton
 
-from localcoder.cuda.blocks import GROUP, GROUP_BYTES, TYPE_IDS, dequantize_kernel, gemv_kernel
+from localcoder.cuda.blocks import (GROUP, GROUP_BYTES, TYPE_IDS, dequantize_kernel, gemv_kernel,
+                                    grouped_gemv_kernel)
 from localcoder.errors import UserError
 
 # Work per program. Triton's interpreter (TRITON_INTERPRET=1, tests without a GPU) pays per program, so there
@@ -46,4 +47,18 @@ def gemv(raw: torch.Tensor, qtype: str, x: torch.Tensor) -> torch.Tensor:
     y = torch.empty(rows, dtype=torch.float32, device=raw.device)
     gemv_kernel[(triton.cdiv(rows, GEMV_ROWS),)](raw.contiguous(), x.contiguous().float(), y, rows, raw.shape[1],
                                                  groups, TYPE_IDS[qtype], GROUP_BYTES[qtype], GEMV_ROWS)
+    return y
+
+
+def grouped_gemv(raw: torch.Tensor, qtype: str, experts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """float32 [slots, rows]: W[experts[s]] @ x[s] for each slot; raw uint8 [E, rows, row_bytes]; x [cols] (the
+    same input for every slot) or [slots, cols]."""
+    n_expert, rows = raw.shape[0], raw.shape[1]
+    groups = _check(raw.reshape(n_expert * rows, -1), qtype, x.shape[-1])
+    slots = experts.shape[0]
+    x = x.contiguous().float()
+    y = torch.empty((slots, rows), dtype=torch.float32, device=raw.device)
+    grouped_gemv_kernel[(triton.cdiv(rows, GEMV_ROWS), slots)](
+        raw.contiguous(), experts.to(torch.int32).contiguous(), x, y, rows, raw.shape[2], rows * raw.shape[2],
+        0 if x.dim() == 1 else x.shape[1], groups, TYPE_IDS[qtype], GROUP_BYTES[qtype], GEMV_ROWS)
     return y
