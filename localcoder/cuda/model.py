@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from localcoder.cuda.deltanet import delta_rule
 from localcoder.errors import UserError
 from localcoder.gguf_model import load_fields, model_args
 from localcoder.model import Model, PrefixReuse, checked_ids, context_size, special_ids
@@ -229,21 +230,9 @@ def _gated_delta_net(x, w, p, args, state) -> torch.Tensor:
     q, k = q.repeat_interleave(r, dim=1) / math.sqrt(dk), k.repeat_interleave(r, dim=1)
     beta = torch.sigmoid(b)
     g = w[p + "ssm_a"].vector() * torch.nn.functional.softplus(a + w[p + "ssm_dt.bias"].vector())
-    out = _delta_rule(q, k, v, g, beta, state["S"])
+    out = delta_rule(q, k, v, g, beta, state["S"])
     y = _rms_norm(out, w[p + "ssm_norm.weight"].vector(), args.eps) * torch.nn.functional.silu(z)
     return w[p + "ssm_out.weight"].matmul(y.reshape(T, nv * dv))
-
-
-def _delta_rule(q, k, v, g, beta, S) -> torch.Tensor:
-    """The gated delta rule token by token, S [nv, dk, dv] updated in place (kernels/deltanet.py's recurrence)."""
-    out = torch.empty_like(v)
-    for t in range(q.shape[0]):
-        S *= torch.exp(g[t])[:, None, None]
-        memory = torch.einsum("hk,hkv->hv", k[t], S)
-        delta = beta[t][:, None] * (v[t] - memory)
-        S += k[t][:, :, None] * delta[:, None, :]
-        out[t] = torch.einsum("hk,hkv->hv", q[t], S)
-    return out
 
 
 def _moe(x, w, p, args) -> torch.Tensor:
