@@ -1,0 +1,114 @@
+"""CUDA backend against llama.cpp on one GPU, same file, one run: pp512, tg128 and peak VRAM (issue 6's target:
+decode >= 1.5x llama.cpp, prefill >= 1.0x).
+
+    CMAKE_ARGS="-DGGML_CUDA=on" pip install --no-binary llama-cpp-python llama-cpp-python==0.3.36
+    python benchmarks/cuda_bench.py [--layers 48] [--prompt 512] [--gen 128] [--markdown docs/cuda_bench.md]
+
+Writes the real Qwen3-Coder-Next geometry (random weights, llama.cpp's Q4_K_M mix; 48 layers is ~45 GiB, built
+once under .cache/bench), then measures localcoder's TorchModel and llama-cpp-python with every layer offloaded,
+alternating, best of --repeats. Also prints the bandwidth roofline: bytes read per decoded token / the GPU's
+measured bandwidth. Needs a CUDA GPU; it has not been run yet (no GPU was lent while it was written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from localcoder.costmodel import Footprint  # noqa: E402
+from localcoder.synth import write_synthetic  # noqa: E402
+from quant.recipes import QWEN3_CODER_NEXT  # noqa: E402
+
+
+def model_file(layers: int) -> Path:
+    path = REPO / ".cache" / "bench" / f"real{layers}-q4km.gguf"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cfg = {**QWEN3_CODER_NEXT, "num_hidden_layers": layers,
+               "layer_types": ["linear_attention" if (i + 1) % 4 else "full_attention" for i in range(layers)]}
+        partial = path.with_suffix(".partial")
+        write_synthetic(partial, cfg, "Q4_K_M")
+        partial.rename(path)
+    return path
+
+
+def measure(prefill, decode, prompt: list[int], gen: list[int]) -> tuple[float, float]:
+    import torch
+
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    prefill(prompt)
+    torch.cuda.synchronize()
+    t1 = time.perf_counter()
+    for t in gen:
+        decode(t)
+    torch.cuda.synchronize()
+    return len(prompt) / (t1 - t0), len(gen) / (time.perf_counter() - t1)
+
+
+def main() -> None:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=48)
+    ap.add_argument("--prompt", type=int, default=512)
+    ap.add_argument("--gen", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--markdown", type=Path)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("cuda_bench needs a CUDA GPU")
+    import llama_cpp
+
+    from localcoder.cuda.model import TorchModel
+    from localcoder.hardware import cuda_bandwidths
+
+    path = model_file(args.layers)
+    rng = np.random.default_rng(0)
+    prompt = [int(t) for t in rng.integers(0, 700, args.prompt)]
+    gen = [int(t) for t in rng.integers(0, 700, args.gen)]
+    torch.cuda.reset_peak_memory_stats()
+    ours = TorchModel.load(path, "cuda", n_ctx=args.prompt + args.gen + 8)
+    ours_vram = torch.cuda.max_memory_allocated() / 2**30
+    llm = llama_cpp.Llama(str(path), n_ctx=args.prompt + args.gen + 8, n_gpu_layers=-1, n_batch=512, verbose=False)
+    session = [ours.new_session()]
+
+    def ours_prefill(tokens):
+        session[0] = ours.new_session()
+        session[0].feed(tokens)
+
+    def llama_prefill(tokens):
+        llm.reset()
+        llm.eval(tokens)
+
+    engines = {"localcoder": (ours_prefill, lambda t: session[0].feed([t])),
+               "llama.cpp": (llama_prefill, lambda t: llm.eval([t]))}
+    best = {e: (0.0, 0.0) for e in engines}
+    for r in range(args.repeats):
+        for name in (list(engines) if r % 2 == 0 else list(reversed(engines))):
+            p, d = measure(*engines[name], prompt, gen)
+            best[name] = (max(best[name][0], p), max(best[name][1], d))
+            print(f"{name}: pp{args.prompt} {p:.1f} tok/s, tg{args.gen} {d:.2f} tok/s", flush=True)
+    bandwidth = cuda_bandwidths(0)[0]
+    read = sum(t.active_bytes for t in Footprint.from_gguf(path).tensors)
+    (op, od), (lp, ld) = best["localcoder"], best["llama.cpp"]
+    lines = [f"| engine | pp{args.prompt} tok/s | tg{args.gen} tok/s | VRAM GiB |", "|---|---|---|---|",
+             f"| localcoder | {op:.1f} | {od:.2f} | {ours_vram:.1f} (weights and model) |",
+             f"| llama.cpp | {lp:.1f} | {ld:.2f} | — |",
+             f"| ratio | {op / lp:.2f}x | {od / ld:.2f}x | |",
+             f"\nroofline: {read / 2**30:.2f} GiB read per token at {bandwidth:.0f} GB/s = "
+             f"{bandwidth * 1e9 / read:.0f} tok/s ({torch.cuda.get_device_name(0)}, {args.layers} layers)"]
+    print("\n".join(lines))
+    if args.markdown:
+        args.markdown.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
