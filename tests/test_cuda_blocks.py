@@ -3,23 +3,16 @@ it runs: on a GPU when there is one, otherwise through Triton's interpreter on s
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are defined
-pytest.importorskip("triton")
+from cuda_setup import DEVICE, torch  # first: sets up the interpreter where there is no GPU
+from gguf import GGMLQuantizationType as T
 
-from gguf import GGMLQuantizationType as T  # noqa: E402
+from localcoder.cuda.quant import dequantize, gemv
+from localcoder.errors import UserError
+from quant.quantize import dequantize as gguf_dequantize, quantize
 
-from localcoder.cuda.quant import dequantize, gemv  # noqa: E402
-from localcoder.errors import UserError  # noqa: E402
-from quant.quantize import dequantize as gguf_dequantize, quantize  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TYPES = ["Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 ROWS, COLS = 6, 512
 

@@ -3,20 +3,13 @@ decode token and for a prompt, continuing a state (on a GPU, or through Triton's
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
-pytest.importorskip("triton")
+from cuda_setup import DEVICE, torch  # first: sets up the interpreter where there is no GPU
+from localcoder.cuda.deltanet import delta_rule
+from localcoder.kernels.deltanet import delta_rule_reference
 
-from localcoder.cuda.deltanet import delta_rule  # noqa: E402
-from localcoder.kernels.deltanet import delta_rule_reference  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def inputs(T: int, nv: int, d: int, seed: int):

@@ -5,22 +5,15 @@ Triton's interpreter (small models)."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are defined
-pytest.importorskip("triton")
+from cuda_setup import DEVICE, torch  # first: sets up the interpreter where there is no GPU
+from localcoder.cuda.model import TorchModel
+from localcoder.errors import UserError
+from localcoder.model import Model
+from quant.convert import convert_hf
 
-from localcoder.cuda.model import TorchModel  # noqa: E402
-from localcoder.errors import UserError  # noqa: E402
-from localcoder.model import Model  # noqa: E402
-from quant.convert import convert_hf  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOKENS = [3, 17, 99, 250, 7, 64, 5, 300]
 BOUND = 1e-3
 
