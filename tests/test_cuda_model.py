@@ -52,3 +52,13 @@ def test_loading_errors_are_clear(tmp_path):
     reason = "does not exist" if torch.cuda.is_available() else "no CUDA device"  # checked before the file
     with pytest.raises(UserError, match=reason):
         TorchModel.load(tmp_path / "missing.gguf", "cuda")
+
+
+@pytest.mark.parametrize("file_type", ["Q8_0", "Q4_K_M"])
+def test_files_with_narrow_and_fallback_tensors_run(hf_model, tmp_path, file_type):
+    """k256 has a 96-wide shared-expert projection: llama.cpp's mixes give it Q5_0/Q5_1/Q8_0 fallbacks."""
+    from quant.quantize_file import quantize_model
+
+    f32 = convert_hf(hf_model("k256"), tmp_path / "f32.gguf", "F32", show_progress=False).out
+    path = quantize_model(f32, tmp_path / "q.gguf", file_type, show_progress=False).out
+    assert_close(TorchModel.load(path, DEVICE).logits(TOKENS), Model.load(path, activations="f32").logits(TOKENS))

@@ -29,13 +29,21 @@ FLOAT_TYPES = ("F32", "F16", "BF16")
 
 
 class DeviceWeight:
-    """One tensor on the device: float32 values, or uint8 rows in a block format (`qtype`) of `cols` values."""
+    """One tensor on the device: float32 values, or uint8 rows in a block format (`qtype`) of `cols` values.
+    Block formats without a kernel here (llama.cpp's Q4_0/Q5_0/Q5_1 fallbacks, Q8_0 rows not a multiple of 256
+    wide) are decoded once on load and kept as float32: in the K-quant mixes they are the few narrow tensors."""
 
     def __init__(self, raw: np.ndarray, qtype: str, shape: tuple[int, ...], device: torch.device):
+        from localcoder.cuda.blocks import GROUP, TYPE_IDS
         from localcoder.kernels import cpu_matmul as K
 
         self.qtype, self.shape = qtype, shape
-        if qtype in FLOAT_TYPES:
+        if qtype not in FLOAT_TYPES and (qtype not in TYPE_IDS or shape[-1] % GROUP):
+            from quant.quantize import dequantize
+            rows = raw.reshape(-1, raw.shape[-1])
+            decoded = dequantize(rows, _ggml(qtype), (rows.shape[0], shape[-1]))
+            self.qtype, self.values = "F32", torch.from_numpy(np.array(decoded, np.float32).reshape(shape)).to(device)
+        elif qtype in FLOAT_TYPES:
             values = K.float_weights(raw.reshape(-1, raw.shape[-1]), _ggml(qtype), shape[-1])
             self.values = torch.from_numpy(np.array(values, np.float32).reshape(shape)).to(device)
         else:
