@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 from runtime_bench import model_file  # noqa: E402
 
-from localcoder.bench import calibrate, measure_llamacpp, measure_localcoder  # noqa: E402
+from localcoder.bench import calibrate, measure  # noqa: E402
 from localcoder.costmodel import Footprint, predict  # noqa: E402
 from localcoder.hardware import probe  # noqa: E402
 from localcoder.profiles import get_profile  # noqa: E402
@@ -59,8 +59,8 @@ def main() -> None:
     profile = get_profile("cpu-only")
     rows = []
     for label, path in paths.items():
-        ours = measure_localcoder(path, profile, args.prompt, args.gen, args.threads)
-        llama = measure_llamacpp(path, profile, args.prompt, args.gen, args.threads)
+        ours = measure(path, profile, args.prompt, args.gen, args.threads)
+        llama = measure(path, profile, args.prompt, args.gen, args.threads, engine="llamacpp")
         pred = predict(profile, Footprint.from_gguf(path), machine, cal, context=args.prompt + args.gen // 2,
                        prompt=args.prompt)
         rows.append((label, pred, ours, llama))

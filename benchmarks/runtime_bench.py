@@ -23,7 +23,6 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).parent))
 from localcoder.synth import REAL_4_LAYERS, SMALL_450M, write_synthetic  # noqa: E402
 
 MODELS = {"~470M (hidden 1024, 8 layers, 12 experts)": ("small-q4km.gguf", SMALL_450M),

@@ -128,12 +128,11 @@ def _measure_runnable(path, profiles, results, prompt, generate, threads, compar
             continue
         profile = profiles[r.name]
         step(f"measuring {Path(path).name} with profile {r.name}")
-        measure = measure_llamacpp if profile.engine == "llamacpp" else measure_localcoder
         r.measured = measure(path, profile, prompt, generate, threads)
         if compare_llamacpp:
             if llama is None:
                 step(f"measuring {Path(path).name} with llama.cpp")
-                llama = measure_llamacpp(path, profile, prompt, generate, threads)
+                llama = measure(path, profile, prompt, generate, threads, engine="llamacpp")
             r.llamacpp = llama
 
 
@@ -322,12 +321,14 @@ def random_prompt(vocab: int, n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, min(vocab, 700), n)
 
 
-def measure_localcoder(path, profile: Profile, prompt: int, generate: int, threads: int, repeats: int = 2) -> Measured:
-    """Prefill of `prompt` tokens and `generate` decode steps on the CPU runtime with the profile's settings
-    (best of `repeats`, after a warm-up that runs both kernel paths)."""
-    from localcoder.model import Model
+def measure(path, profile: Profile, prompt: int, generate: int, threads: int, engine: str | None = None,
+            repeats: int = 2) -> Measured:
+    """Prefill of `prompt` tokens and `generate` decode steps with the profile's batch size, on `engine` (default:
+    the profile's; "localcoder" or "llamacpp"), best of `repeats` after a warm-up that runs both code paths."""
+    from localcoder.server.launch import load_model
 
-    model = Model.load(path, n_ctx=prompt + generate + 8, n_batch=profile.batch, threads=threads)
+    engine = engine or profile.engine
+    model = load_model(path, engine, n_ctx=prompt + generate + 8, n_batch=profile.batch, threads=threads)
     ids = random_prompt(model.args.vocab, prompt + generate)
     warm = model.new_session()  # the page cache and both kernel paths (prompt chunks, single tokens)
     warm.feed(ids[:16])
@@ -343,29 +344,8 @@ def measure_localcoder(path, profile: Profile, prompt: int, generate: int, threa
             session.feed([int(t)])
         t2 = time.perf_counter()
         best_prefill, best_decode = min(best_prefill, t1 - t0), min(best_decode, t2 - t1)
-    return Measured("localcoder", prompt / best_prefill, generate / best_decode, prompt, generate)
-
-
-def measure_llamacpp(path, profile: Profile, prompt: int, generate: int, threads: int) -> Measured:
-    """The same measurement through llama-cpp-python on the same file, batch sizes and threads."""
-    try:
-        import llama_cpp
-    except ImportError:
-        raise UserError("--compare needs llama-cpp-python: pip install 'localcoder[llamacpp]'")
-    llm = llama_cpp.Llama(str(path), n_ctx=prompt + generate + 8, n_batch=profile.batch, n_ubatch=profile.ubatch,
-                          n_threads=threads, n_threads_batch=threads, verbose=False)
-    ids = [int(t) for t in random_prompt(llm.n_vocab(), prompt + generate)]
-    llm.eval(ids[:16])
-    for t in ids[16:20]:
-        llm.eval([t])
-    llm.reset()
-    t0 = time.perf_counter()
-    llm.eval(ids[:prompt])
-    t1 = time.perf_counter()
-    for t in ids[prompt:]:
-        llm.eval([t])
-    t2 = time.perf_counter()
-    return Measured("llama.cpp", prompt / (t1 - t0), generate / (t2 - t1), prompt, generate)
+    name = "llama.cpp" if engine == "llamacpp" else "localcoder"
+    return Measured(name, prompt / best_prefill, generate / best_decode, prompt, generate)
 
 
 def machine_key(machine: Machine) -> dict:

@@ -352,23 +352,16 @@ def sequence_work(fp: Footprint, cal: Calibration, tokens: int, context: int, kv
 
 def _decode_time(reads, profile: Profile, fp: Footprint, machine: Machine, cal: Calibration, context: int):
     """(predicted seconds per token, bandwidth-roofline seconds per token)."""
+    ram = cal.ram_gbs * 1e9
+    work = [(dev, nbytes, cal.cpu_seconds(qtype, nbytes, macs, outputs, batched=False) if dev == "cpu" else 0.0)
+            for dev, qtype, nbytes, macs, outputs in reads]  # (device, bytes read, seconds on the CPU)
+    work += [(_state_device(profile, fp, layer), nbytes, max(nbytes / ram, cpu_s))
+             for layer, nbytes, cpu_s in sequence_work(fp, cal, 1, context, profile.kv_cache)]
     seconds = bound = 0.0
-    for dev, qtype, nbytes, macs, outputs in reads:
-        if dev == "cpu":
-            seconds += cal.cpu_seconds(qtype, nbytes, macs, outputs, batched=False)
-            bound += nbytes / (cal.ram_gbs * 1e9)
-        else:
-            bandwidth = _gpu(machine, dev).bandwidth() * 1e9
-            seconds += nbytes / (bandwidth * GPU_READ_EFFICIENCY)
-            bound += nbytes / bandwidth
-    for layer, nbytes, cpu_s in sequence_work(fp, cal, 1, context, profile.kv_cache):
-        if _state_device(profile, fp, layer) == "cpu":
-            seconds += max(nbytes / (cal.ram_gbs * 1e9), cpu_s)
-            bound += nbytes / (cal.ram_gbs * 1e9)
-        else:
-            bandwidth = _gpu(machine, _state_device(profile, fp, layer)).bandwidth() * 1e9
-            seconds += nbytes / (bandwidth * GPU_READ_EFFICIENCY)
-            bound += nbytes / bandwidth
+    for dev, nbytes, cpu_s in work:
+        bandwidth = ram if dev == "cpu" else _gpu(machine, dev).bandwidth() * 1e9
+        seconds += cpu_s if dev == "cpu" else nbytes / (bandwidth * GPU_READ_EFFICIENCY)
+        bound += nbytes / bandwidth
     if profile.uses_accelerator:
         seconds += fp.n_layer * GPU_LAYER_OVERHEAD_S
     else:

@@ -15,19 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from localcoder.errors import UserError
-from localcoder.gguf_model import load_fields, model_args
-from localcoder.model import Model, PrefixReuse, checked_ids, context_size, special_ids
+from localcoder.gguf_model import load_fields
+from localcoder.model import LanguageModel, PrefixReuse, checked_ids, context_size
 from localcoder.prefix_cache import PrefixCache, Snapshot
-from localcoder.tokenizer import GGUFTokenizer
 
 SEQ = 0  # the one sequence a session runs
 
 
-class LlamaCppModel:
-    """A GGUF run by llama.cpp, with Model's interface (tokenizer, generate, new_session, n_ctx, args)."""
-
-    generate = Model.generate
-    encode_prompt = Model.encode_prompt
+class LlamaCppModel(LanguageModel):
+    """A GGUF run by llama.cpp, with the runtime's interface (tokenizer, generate, new_session, n_ctx, args)."""
 
     def __init__(self, path: Path, n_ctx: int | None = None, n_batch: int = 512, threads: int | None = None,
                  n_gpu_layers: int = 0):
@@ -35,13 +31,9 @@ class LlamaCppModel:
             import llama_cpp
         except ImportError:
             raise UserError("the llama.cpp engine needs llama-cpp-python: pip install 'localcoder[llamacpp]'") from None
-        self.path = Path(path)
-        fields, _ = load_fields(self.path)
-        self.fields, self.args = fields, model_args(fields)
-        self.n_ctx, self.n_batch = context_size(fields, n_ctx), n_batch
-        self.tokenizer = GGUFTokenizer(fields)
-        self.end_ids, self.message_start_id = special_ids(fields, self.tokenizer)
-        self.computed_tokens = 0
+        fields, _ = load_fields(Path(path))
+        super().__init__(path, fields, context_size(fields, n_ctx))
+        self.n_batch = n_batch
         self.owner: LlamaCppSession | None = None  # the session whose state the llama.cpp context holds
         threads = threads or os.cpu_count() or 1
         try:

@@ -61,19 +61,48 @@ def checked_ids(token_ids, fed: int, vocab: int, n_ctx: int) -> np.ndarray:
     return ids
 
 
-class Model:
-    """A loaded model: hyper-parameters, memory-mapped weights, tokenizer and chat template."""
+class LanguageModel:
+    """What every engine shares: the GGUF's hyper-parameters, tokenizer and chat template, the context length, and
+    prompt encoding and generation on top of the engine's sessions (`new_session`). The CPU runtime (Model), the
+    llama.cpp engine and the CUDA backend are subclasses."""
 
-    def __init__(self, path: Path, args: ModelArgs, weights: dict[str, Weight], fields: dict, n_ctx: int,
-                 n_batch: int):
-        self.path, self.args, self.weights, self.fields = path, args, weights, fields
-        self.n_ctx, self.n_batch = n_ctx, n_batch
+    def __init__(self, path: Path, fields: dict, n_ctx: int):
+        self.path, self.fields, self.args, self.n_ctx = Path(path), fields, model_args(fields), n_ctx
         self.tokenizer = GGUFTokenizer(fields)
-        self.layers = [{name[len(f"blk.{i}."):]: w for name, w in weights.items() if name.startswith(f"blk.{i}.")}
-                       for i in range(args.n_layer)]
-        self.output = weights.get("output.weight", weights["token_embd.weight"])  # tied: llama.cpp reuses it
         self.end_ids, self.message_start_id = special_ids(fields, self.tokenizer)
         self.computed_tokens = 0  # tokens run through the layers since load (prefix reuse shows here)
+
+    def encode_prompt(self, prompt, tools: list[dict] | None = None) -> list[int]:
+        """Token ids of a raw prompt string, or of chat `messages` rendered by the GGUF's template."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
+            return self.tokenizer.encode(self.tokenizer.render_chat(prompt, tools))
+        raise UserError("the prompt must be a string or a list of chat messages (dicts with role and content)")
+
+    def generate(self, prompt, max_tokens: int = 256, stop: list[str] | tuple = (), tools: list[dict] | None = None,
+                 session: "Session | None" = None, sampling: SamplingParams | None = None,
+                 prompt_tokens: list[int] | None = None, **sampling_options) -> "Generation":
+        """Stream a completion of `prompt` (a string, or chat messages rendered with `tools`).
+
+        Iterating yields `Step`s (token id and the text it completes); the Generation records timings and why it
+        finished ("stop": an end-of-generation token or a stop string; "length": max_tokens or the context).
+        Passing the same `session` across calls reuses the longest prefix it (or its prefix cache) holds;
+        `prompt_tokens` gives the prompt already tokenized (then `prompt` is ignored)."""
+        sampling = sampling or SamplingParams(**sampling_options)
+        ids = list(prompt_tokens) if prompt_tokens is not None else self.encode_prompt(prompt, tools)
+        return Generation(self, ids, max_tokens, list(stop), session or self.new_session(), Sampler(sampling))
+
+
+class Model(LanguageModel):
+    """The CPU runtime: a loaded model with memory-mapped weights."""
+
+    def __init__(self, path: Path, weights: dict[str, Weight], fields: dict, n_ctx: int, n_batch: int):
+        super().__init__(path, fields, n_ctx)
+        self.weights, self.n_batch = weights, n_batch
+        self.layers = [{name[len(f"blk.{i}."):]: w for name, w in weights.items() if name.startswith(f"blk.{i}.")}
+                       for i in range(self.args.n_layer)]
+        self.output = weights.get("output.weight", weights["token_embd.weight"])  # tied: llama.cpp reuses it
 
     @classmethod
     def load(cls, path, n_ctx: int | None = None, n_batch: int = 512, threads: int | None = None,
@@ -112,7 +141,7 @@ class Model:
         if threads:
             import numba
             numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
-        return cls(path, args, weights, fields, n_ctx, n_batch)
+        return cls(path, weights, fields, n_ctx, n_batch)
 
     def new_session(self, prefix_cache: PrefixCache | None = None) -> "Session":
         """A fresh session; sessions given the same prefix_cache reuse each other's prompt prefixes."""
@@ -121,27 +150,6 @@ class Model:
     def logits(self, token_ids) -> np.ndarray:
         """float32 [n_tokens, vocab]: the logits after each token, from one prefill at position 0."""
         return self.new_session().feed(token_ids, all_logits=True)
-
-    def encode_prompt(self, prompt, tools: list[dict] | None = None) -> list[int]:
-        """Token ids of a raw prompt string, or of chat `messages` rendered by the GGUF's template."""
-        if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt)
-        if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
-            return self.tokenizer.encode(self.tokenizer.render_chat(prompt, tools))
-        raise UserError("the prompt must be a string or a list of chat messages (dicts with role and content)")
-
-    def generate(self, prompt, max_tokens: int = 256, stop: list[str] | tuple = (), tools: list[dict] | None = None,
-                 session: "Session | None" = None, sampling: SamplingParams | None = None,
-                 prompt_tokens: list[int] | None = None, **sampling_options) -> "Generation":
-        """Stream a completion of `prompt` (a string, or chat messages rendered with `tools`).
-
-        Iterating yields `Step`s (token id and the text it completes); the Generation records timings and why it
-        finished ("stop": an end-of-generation token or a stop string; "length": max_tokens or the context).
-        Passing the same `session` across calls reuses the longest prefix it (or its prefix cache) holds;
-        `prompt_tokens` gives the prompt already tokenized (then `prompt` is ignored)."""
-        sampling = sampling or SamplingParams(**sampling_options)
-        ids = list(prompt_tokens) if prompt_tokens is not None else self.encode_prompt(prompt, tools)
-        return Generation(self, ids, max_tokens, list(stop), session or self.new_session(), Sampler(sampling))
 
     def forward(self, state: "Session", token_ids: np.ndarray, which: str) -> np.ndarray | None:
         """Run tokens through every layer, continuing `state`; logits of "all" tokens, the "last" one, or "none"."""

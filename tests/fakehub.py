@@ -65,11 +65,7 @@ class FakeHub:
         m = re.match(r"/api/models/([^/]+/[^/]+)/(revision|tree)/([^/?]+)", handler.path)
         files = self.repos.get(m[1]) if m else None
         if files is None:
-            handler.send_response(404)
-            handler.send_header("X-Error-Code", "RepoNotFound")
-            handler.send_header("Content-Length", "0")
-            handler.end_headers()
-            return
+            return _not_found(handler, "RepoNotFound")
         entries = [{"type": "file", "path": rel, "size": p.stat().st_size, "oid": _sha1(p),
                     "lfs": {"oid": _sha256(p), "size": p.stat().st_size, "pointerSize": 130}}
                    for rel, p in files.items()]
@@ -82,11 +78,7 @@ class FakeHub:
         m = re.match(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", handler.path)
         path = self.repos.get(m[1], {}).get(m[3]) if m else None
         if path is None:
-            handler.send_response(404)
-            handler.send_header("X-Error-Code", "EntryNotFound")
-            handler.send_header("Content-Length", "0")
-            handler.end_headers()
-            return
+            return _not_found(handler, "EntryNotFound")
         data = path.read_bytes()
         start = 0
         rng = re.match(r"bytes=(\d+)-", handler.headers.get("Range", ""))
@@ -110,6 +102,14 @@ class FakeHub:
         elif body:
             handler.wfile.write(data[start:])
             self.bytes_served += len(data) - start
+
+
+def _not_found(handler, code: str) -> None:
+    """A 404 with the Hub's error code header (huggingface_hub maps it to its exception types)."""
+    handler.send_response(404)
+    handler.send_header("X-Error-Code", code)
+    handler.send_header("Content-Length", "0")
+    handler.end_headers()
 
 
 def _sha256(p: Path) -> str:

@@ -35,7 +35,7 @@ def home(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def test_models(home):
+def models(home):
     """The demo model (Q8_0) and a K-quant model (llama.cpp's Q4_K_M mix, Q4_K and Q6_K tensors)."""
     from localcoder.demo import ensure_demo_gguf
     from localcoder.synth import write_synthetic
@@ -47,26 +47,26 @@ def test_models(home):
 
 
 @pytest.fixture(scope="module")
-def calibration(test_models):
+def calibration(models):
     from localcoder.bench import calibrate
     from localcoder.costmodel import Footprint
     from localcoder.hardware import probe
 
     machine = probe()
-    types = {t.qtype for p in test_models.values() for t in Footprint.from_gguf(p).tensors if t.outputs}
+    types = {t.qtype for p in models.values() for t in Footprint.from_gguf(p).tensors if t.outputs}
     return machine, calibrate(machine, 2, sorted(types))
 
 
 @pytest.mark.parametrize("name", ["demo Q8_0", "K-quant Q4_K_M"])
-def test_decode_prediction_is_within_30_percent_of_measured(test_models, calibration, name):
-    from localcoder.bench import measure_localcoder
+def test_decode_prediction_is_within_30_percent_of_measured(models, calibration, name):
+    from localcoder.bench import measure
     from localcoder.costmodel import Footprint, predict
     from localcoder.profiles import get_profile
 
     machine, cal = calibration
     profile = get_profile("cpu-only")
-    measured = measure_localcoder(test_models[name], profile, prompt=128, generate=64, threads=2, repeats=3)
-    predicted = predict(profile, Footprint.from_gguf(test_models[name]), machine, cal, context=160, prompt=128)
+    measured = measure(models[name], profile, prompt=128, generate=64, threads=2, repeats=3)
+    predicted = predict(profile, Footprint.from_gguf(models[name]), machine, cal, context=160, prompt=128)
     assert 0.7 < predicted.decode_tps / measured.decode_tps < 1.3, (predicted.decode_tps, measured.decode_tps)
     assert predicted.decode_tps <= predicted.decode_bound_tps
     assert 0.4 < predicted.prefill_tps / measured.prefill_tps < 2.5, (predicted.prefill_tps, measured.prefill_tps)
@@ -79,13 +79,13 @@ def localcoder(*args, home: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def bench_run(test_models, home):
+def bench_run(models, home):
     """`localcoder bench DEMO --json --compare`, run once."""
-    return localcoder("bench", str(test_models["demo Q8_0"]), "--json", "--compare", "--prompt", "128", "--gen", "32",
+    return localcoder("bench", str(models["demo Q8_0"]), "--json", "--compare", "--prompt", "128", "--gen", "32",
                       home=home)
 
 
-def test_bench_json_on_the_demo_model_with_llama_cpp(bench_run, test_models, home):
+def test_bench_json_on_the_demo_model_with_llama_cpp(bench_run, models, home):
     done = bench_run
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -99,33 +99,33 @@ def test_bench_json_on_the_demo_model_with_llama_cpp(bench_run, test_models, hom
     assert "profiles on this machine" in done.stderr and "localcoder vs llama.cpp" in done.stderr
     assert "recommended profile: cpu-only" in done.stderr
     saved = json.loads((home / "bench-last.json").read_text())
-    assert saved["recommended"] == "cpu-only" and saved["model"] == str(test_models["demo Q8_0"])
+    assert saved["recommended"] == "cpu-only" and saved["model"] == str(models["demo Q8_0"])
 
 
-def test_serve_profile_auto_follows_the_saved_bench(bench_run, test_models):
+def test_serve_profile_auto_follows_the_saved_bench(bench_run, models):
     from localcoder.server.launch import apply_profile, load_engine
 
     assert bench_run.returncode == 0, bench_run.stderr
-    profile, why = apply_profile("auto", test_models["demo Q8_0"])
+    profile, why = apply_profile("auto", models["demo Q8_0"])
     assert profile.name == "cpu-only" and "last `localcoder bench`" in why
-    engine, _ = load_engine(test_models["demo Q8_0"], profile.context, profile.threads, 0.1, 4,
+    engine, _ = load_engine(models["demo Q8_0"], profile.context, profile.threads, 0.1, 4,
                             n_batch=profile.batch, clamp_ctx=True)
     try:
         assert engine.model.n_batch == profile.batch
         assert engine.model.n_ctx == 8192  # the profile's 32768, clamped to what the demo model was trained for
     finally:
         engine.close()
-    profile, why = apply_profile("auto", test_models["K-quant Q4_K_M"])  # no bench for this model: predicted
+    profile, why = apply_profile("auto", models["K-quant Q4_K_M"])  # no bench for this model: predicted
     assert profile.name == "cpu-only" and "predicted" in why
 
 
-def test_serve_refuses_a_profile_this_machine_or_build_cannot_run(test_models):
+def test_serve_refuses_a_profile_this_machine_or_build_cannot_run(models):
     from localcoder.server.launch import apply_profile
 
     with pytest.raises(UserError, match="profile gpu-16gb cannot run here: localcoder's hybrid expert cache"):
-        apply_profile("gpu-16gb", test_models["demo Q8_0"])
+        apply_profile("gpu-16gb", models["demo Q8_0"])
     with pytest.raises(UserError, match="no profile 'fastest'"):
-        apply_profile("fastest", test_models["demo Q8_0"])
+        apply_profile("fastest", models["demo Q8_0"])
 
 
 def test_bench_predicts_for_a_described_machine(tmp_path, home):

@@ -19,11 +19,10 @@ import torch
 
 from localcoder.cuda.deltanet import delta_rule
 from localcoder.errors import UserError
-from localcoder.gguf_model import load_fields, model_args
-from localcoder.model import Model, PrefixReuse, checked_ids, context_size, special_ids
+from localcoder.gguf_model import load_fields
+from localcoder.model import LanguageModel, PrefixReuse, checked_ids, context_size
 from localcoder.prefix_cache import PrefixCache, Snapshot
 from localcoder.reference import L2_EPS
-from localcoder.tokenizer import GGUFTokenizer
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
 
@@ -80,24 +79,17 @@ def _ggml(name: str):
     return T[name]
 
 
-class TorchModel:
+class TorchModel(LanguageModel):
     """A GGUF on one torch device (see the module docstring)."""
-
-    generate = Model.generate
-    encode_prompt = Model.encode_prompt
 
     def __init__(self, path: Path, device: str = "cuda", n_ctx: int | None = None):
         from gguf import GGMLQuantizationType as T
 
         from localcoder.weights import expected_shapes
 
-        self.path, self.device = Path(path), torch.device(device)
-        fields, files = load_fields(self.path)
-        self.fields, self.args = fields, model_args(fields)
-        self.n_ctx = context_size(fields, n_ctx)
-        self.tokenizer = GGUFTokenizer(fields)
-        self.end_ids, self.message_start_id = special_ids(fields, self.tokenizer)
-        self.computed_tokens = 0
+        fields, files = load_fields(Path(path))
+        super().__init__(path, fields, context_size(fields, n_ctx))
+        self.device = torch.device(device)
         tensors = {t.name: t for t in files.tensors}
         ff_expert = int(tensors["blk.0.ffn_gate_exps.weight"].shape[1])
         ff_shared = int(tensors["blk.0.ffn_gate_shexp.weight"].shape[1])

@@ -31,15 +31,13 @@ def load_engine(model_path: Path | None, n_ctx: int | None, threads: int | None,
     return Engine(model, PrefixCache(int(cache_gib * GIB)), max_queue=max_queue), Path(model_path).stem
 
 
-ENGINES = ("localcoder", "llamacpp")
-
-
 def load_model(path: Path, engine: str = "localcoder", backend: str = "cpu", **options):
     """A Model (localcoder's runtime on `backend`: cpu or cuda) or a LlamaCppModel for `path`."""
     if engine == "llamacpp":
         from localcoder.llamacpp_engine import LlamaCppModel
         return LlamaCppModel.load(path, **options)
     if engine != "localcoder":
+        from localcoder.profiles import ENGINES
         raise UserError(f"--engine {engine!r}: choose {' or '.join(ENGINES)}")
     from localcoder.model import Model
     return Model.load(path, backend=backend, **options)
