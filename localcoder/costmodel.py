@@ -267,36 +267,26 @@ def unmet_requirements(profile: Profile, machine: Machine) -> str | None:
     return None
 
 
-def capacity(machine: Machine, device: str) -> tuple[str, int]:
-    """(memory pool, usable bytes) behind a placement device: RAM, or one GPU's VRAM."""
-    if device == "cpu" or machine.unified_memory:
-        if device != "cpu":
-            share = UNIFIED_GPU_SHARE[machine.gpus[0].kind]
-            return "RAM", int(machine.ram_bytes * share)
-        return "RAM", int(machine.ram_bytes * 0.92) - GIB  # the OS and the user's other programs
-    gpu = _gpu(machine, device)
-    return device, gpu.vram_bytes - GIB // 2  # driver, display
-
-
 def _gpu(machine: Machine, device: str) -> GPU:
     return machine.gpus[int(device[5:]) if device.startswith("cuda:") else 0]
 
 
 def check_memory(profile: Profile, fp: Footprint, machine: Machine) -> tuple[int, dict[str, int], str | None]:
-    """(RAM bytes, VRAM bytes per accelerator, why it does not fit or None)."""
+    """(RAM bytes, VRAM bytes per discrete GPU, why it does not fit or None). Limits: RAM less the OS's share;
+    each discrete GPU's VRAM less the driver's; on unified memory everything counts against RAM and what the
+    accelerator holds also against the share the OS lets it use (macOS wires about 75%)."""
     need = memory_needs(profile, fp)
-    pools: dict[str, list] = {}
-    for dev, nbytes in need.items():
-        pool, cap = capacity(machine, dev)
-        pools.setdefault(pool, [0, cap])[0] += nbytes
-    if machine.unified_memory and len(pools) == 1 and "RAM" in pools:  # one pool: the GPU share bounds it all
-        pools["RAM"][1] = max(capacity(machine, "gpu")[1], capacity(machine, "cpu")[1])
-    for pool, (used, cap) in pools.items():
+    unified = machine.unified_memory
+    ram = sum(n for dev, n in need.items() if dev == "cpu" or unified)
+    vram = {} if unified else {dev: n for dev, n in need.items() if dev != "cpu"}
+    limits = [("RAM", ram, int(machine.ram_bytes * 0.92) - GIB)]  # the OS and the user's other programs
+    limits += [(dev, n, _gpu(machine, dev).vram_bytes - GIB // 2) for dev, n in vram.items()]  # driver, display
+    if unified and any(dev != "cpu" for dev in need):
+        share = int(machine.ram_bytes * UNIFIED_GPU_SHARE[machine.gpus[0].kind])
+        limits.append(("memory the GPU may use", sum(n for dev, n in need.items() if dev != "cpu"), share))
+    for pool, used, cap in limits:
         if used > cap:
-            return (pools.get("RAM", [0])[0], {}, f"needs {used / GIB:.1f} GiB of {pool}, "
-                    f"{cap / GIB:.1f} GiB usable")
-    vram = {d: n for d, n in need.items() if d != "cpu" and not machine.unified_memory}
-    ram = pools.get("RAM", [0])[0]
+            return ram, {}, f"needs {used / GIB:.1f} GiB of {pool}, {cap / GIB:.1f} GiB usable"
     return ram, vram, None
 
 

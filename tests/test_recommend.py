@@ -121,3 +121,15 @@ def test_ram_bandwidth_reads_every_byte():
 def test_nvidia_smi_link_parsing():
     text = "0, 4, 16\n1, 5, 8\nnot a line\n"
     assert parse_pcie_links(text) == {0: "gen4 x16", 1: "gen5 x8"}
+
+
+def test_unified_memory_bounds_what_the_gpu_holds(tmp_path):
+    """On a 48 GB Mac the Q3 mix (39 GiB on the GPU) fits in RAM but not in the ~75% macOS lets the GPU wire."""
+    from localcoder.profiles import PROFILES_DIR, load_profile
+
+    path = tmp_path / "m4-mac-mini-64gb.toml"
+    path.write_text((PROFILES_DIR / path.name).read_text().replace("min_ram_gib = 60", "min_ram_gib = 40"))
+    mac48 = Machine.from_json(dict(cpu="Apple M4 Pro", cores=14, ram_gib=48, ram_bandwidth_gbs=273, gpus=[
+        dict(name="Apple M4 Pro", kind="metal", vram_gib=48, unified=True)]))
+    prediction = predict(load_profile(path), Footprint.for_recipe("hybrid-q3k"), mac48)
+    assert not prediction.fits and "of memory the GPU may use, 36.0 GiB usable" in prediction.reason
