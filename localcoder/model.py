@@ -120,7 +120,7 @@ class Model(LanguageModel):
                 from localcoder.cuda.model import TorchModel
             except ImportError as e:
                 raise UserError(f"the CUDA backend needs torch with CUDA ({e}): pip install 'localcoder[cuda]'")
-            return TorchModel.load(path, "cuda", n_ctx)
+            return TorchModel.load(path, None, n_ctx)
         if backend != "cpu":
             raise UserError(f"backend {backend!r}: choose cpu or cuda")
 

@@ -1,9 +1,9 @@
-"""The Qwen3-Next forward pass in torch on one device, with quantized weights kept in their GGUF block formats.
+"""The CUDA backend: a GGUF on one or several GPUs, quantized weights kept in their block formats.
 
-A port of localcoder/reference.py (same math, same state layout) in float32 torch: quantized projections go
-through the Triton kernels of blocks.py (decode: the fused GEMV; prefill: dequantize then torch.matmul), float
-weights through torch.matmul. This is the correctness baseline of the CUDA backend; fused kernels, CUDA graphs
-and multi-GPU split come on top of it and are measured against it.
+Quantized projections go through the Triton kernels of blocks.py (decode: the fused GEMV, and one grouped GEMV
+per projection for the chosen experts; prefill: dequantize, then torch.matmul on tensor cores, TF32 unless
+exact=True), float weights through torch.matmul; the layers' math is layers.py. Decode steps replay a CUDA graph
+(graphs.py) when the model sits on one GPU. A model larger than one GPU is split by layers (placement.py).
 
 `TorchModel` has Model's interface (tokenizer, generate, new_session, n_ctx, args), so `run` and the server work on
 it unchanged. On a machine without CUDA it runs on the CPU through Triton's interpreter (tests only: slow).
@@ -11,18 +11,18 @@ it unchanged. On a machine without CUDA it runs on the CPU through Triton's inte
 
 from __future__ import annotations
 
-import math
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from localcoder.cuda.deltanet import delta_rule
+from localcoder.cuda.layers import Positions, attention, gated_delta_net, moe, rms_norm
+from localcoder.cuda.placement import default_devices, free_bytes, split_layers
 from localcoder.errors import UserError
 from localcoder.gguf_model import load_fields
 from localcoder.model import LanguageModel, PrefixReuse, checked_ids, context_size
 from localcoder.prefix_cache import PrefixCache, Snapshot
-from localcoder.reference import L2_EPS
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
 
@@ -36,7 +36,7 @@ class DeviceWeight:
         from localcoder.cuda.blocks import GROUP, TYPE_IDS
         from localcoder.kernels import cpu_matmul as K
 
-        self.qtype, self.shape = qtype, shape
+        self.qtype, self.shape, self.device = qtype, shape, device
         if qtype not in FLOAT_TYPES and (qtype not in TYPE_IDS or shape[-1] % GROUP):
             from quant.quantize import dequantize
             rows = raw.reshape(-1, raw.shape[-1])
@@ -80,36 +80,70 @@ def _ggml(name: str):
 
 
 class TorchModel(LanguageModel):
-    """A GGUF on one torch device (see the module docstring)."""
+    """A GGUF on torch devices (see the module docstring). devices: one per layer run, in order; `layer_devices`
+    says which layer sits where. graphs: record decode steps as CUDA graphs (one CUDA device only)."""
 
-    def __init__(self, path: Path, device: str = "cuda", n_ctx: int | None = None):
+    def __init__(self, path: Path, devices: list[str], n_ctx: int | None = None, graphs: bool = True,
+                 exact: bool = False):
         from gguf import GGMLQuantizationType as T
 
         from localcoder.weights import expected_shapes
 
         fields, files = load_fields(Path(path))
         super().__init__(path, fields, context_size(fields, n_ctx))
-        self.device = torch.device(device)
         tensors = {t.name: t for t in files.tensors}
         ff_expert = int(tensors["blk.0.ffn_gate_exps.weight"].shape[1])
         ff_shared = int(tensors["blk.0.ffn_gate_shexp.weight"].shape[1])
         shapes = expected_shapes(self.args, ff_expert, ff_shared)
         if "output.weight" in tensors:
             shapes["output.weight"] = (self.args.vocab, self.args.hidden)
+        missing = [name for name in shapes if name not in tensors]
+        if missing:
+            raise UserError(f"the GGUF has no {missing[0]}: the file is incomplete or not a Qwen3-Next model")
+        self.devices = [torch.device(d) for d in devices]
+        self.layer_devices = self._place(tensors, shapes)
         self.w = {}
         for name, shape in shapes.items():
-            t = tensors.get(name)
-            if t is None:
-                raise UserError(f"the GGUF has no {name}: the file is incomplete or not a Qwen3-Next model")
-            self.w[name] = DeviceWeight(np.asarray(t.data), T(t.tensor_type).name, shape, self.device)
+            t = tensors[name]
+            self.w[name] = DeviceWeight(np.asarray(t.data), T(t.tensor_type).name, shape, self._device_of(name))
         self.output = self.w.get("output.weight", self.w["token_embd.weight"])
+        if self.output.device != self.devices[-1]:  # tied output with the embedding on another GPU
+            t = tensors["token_embd.weight"]
+            self.output = DeviceWeight(np.asarray(t.data), T(t.tensor_type).name, shapes["token_embd.weight"],
+                                       self.devices[-1])
+        self.graphs = graphs and len(self.devices) == 1 and self.devices[0].type == "cuda"
+        self.exact = exact
+
+    def _place(self, tensors: dict, shapes: dict) -> list[torch.device]:
+        layer_bytes = [0] * self.args.n_layer
+        for name in shapes:
+            if name.startswith("blk."):
+                layer_bytes[int(name.split(".")[1])] += int(tensors[name].n_bytes)
+        first = int(tensors["token_embd.weight"].n_bytes)
+        last = int(tensors["output.weight" if "output.weight" in tensors else "token_embd.weight"].n_bytes)
+        plan = split_layers(layer_bytes, [free_bytes(str(d)) for d in self.devices], first, last)
+        return [self.devices[i] for i in plan]
+
+    def _device_of(self, name: str) -> torch.device:
+        if name.startswith("blk."):
+            return self.layer_devices[int(name.split(".")[1])]
+        return self.devices[0] if name == "token_embd.weight" else self.devices[-1]
 
     @classmethod
-    def load(cls, path, device: str = "cuda", n_ctx: int | None = None) -> "TorchModel":
-        """Put a GGUF's weights on `device` (block formats stay as bytes)."""
-        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-            raise UserError("no CUDA device: torch sees none (install torch with CUDA, or use the CPU runtime)")
-        return cls(path, device, n_ctx)
+    def load(cls, path, device: str | list[str] | None = None, n_ctx: int | None = None, graphs: bool = True,
+             exact: bool = False) -> "TorchModel":
+        """Put a GGUF's weights on `device` (block formats stay as bytes): "cuda:N", a list of devices to split
+        the layers over, or None for the first GPU, or every GPU when the model does not fit one. exact: float32
+        prefill products instead of TF32 (tests)."""
+        names = [device] if isinstance(device, str) else list(device or [])
+        if any(torch.device(d).type == "cuda" for d in names) or not names:
+            if not torch.cuda.is_available():
+                raise UserError("no CUDA device: torch sees none (install torch with CUDA, or use the CPU runtime)")
+        if not names:
+            if not Path(path).is_file():
+                raise UserError(f"{path} does not exist")
+            names = default_devices(Path(path).stat().st_size)
+        return cls(path, names, n_ctx, graphs, exact)
 
     def new_session(self, prefix_cache: PrefixCache | None = None) -> "TorchSession":
         return TorchSession(self, prefix_cache)
@@ -118,52 +152,110 @@ class TorchModel(LanguageModel):
         """float32 [n_tokens, vocab] from one prefill at position 0."""
         return self.new_session().feed(token_ids, all_logits=True)
 
-    def forward(self, state: list[dict], tokens: torch.Tensor, all_logits: bool) -> torch.Tensor:
+    @contextmanager
+    def precision(self):
+        """TF32 tensor cores for prefill products unless exact (cuBLAS's setting is process-wide: restored)."""
+        kept = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = not self.exact
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = kept
+
+    def forward(self, state: list[dict], tokens: torch.Tensor, pos: Positions, all_logits: bool) -> torch.Tensor:
+        """Logits [T or 1, vocab] of tokens (on the first device) at `pos`; updates `state` in place."""
         a, w = self.args, self.w
-        self.computed_tokens += len(tokens)
         h = _rows(w["token_embd.weight"], tokens)
         for i in range(a.n_layer):
-            p = f"blk.{i}."
-            x = _rms_norm(h, w[p + "attn_norm.weight"].vector(), a.eps)
-            mixer = _gated_delta_net if a.recurrent[i] else _attention
-            h = h + mixer(x, w, p, a, state[i])
-            h = h + _moe(_rms_norm(h, w[p + "post_attention_norm.weight"].vector(), a.eps), w, p, a)
-        h = h if all_logits else h[-1:]
-        return self.output.matmul(_rms_norm(h, w["output_norm.weight"].vector(), a.eps))
+            p, device = f"blk.{i}.", self.layer_devices[i]
+            h = h.to(device)
+            x = rms_norm(h, w[p + "attn_norm.weight"].vector(), a.eps)
+            mixer = gated_delta_net if a.recurrent[i] else attention
+            h = h + mixer(x, w, p, a, state[i], pos.on(device))
+            h = h + moe(rms_norm(h, w[p + "post_attention_norm.weight"].vector(), a.eps), w, p, a)
+        h = (h if all_logits else h[-1:]).to(self.devices[-1])
+        return self.output.matmul(rms_norm(h, w["output_norm.weight"].vector(), a.eps))
 
 
 class TorchSession(PrefixReuse):
-    """A sequence on the device: per layer keys/values or conv and delta-rule state (reference.py's layout)."""
+    """A sequence on the device(s): per layer keys/values (grown by doubling) or conv and delta-rule state, and
+    its length as a device tensor (`position`) that a recorded decode step reads."""
+
+    MIN_CAPACITY = 256
 
     def __init__(self, model: TorchModel, prefix_cache: PrefixCache | None = None):
         self.model = model
         self.prefix_cache = prefix_cache if prefix_cache is not None else PrefixCache()
+        self.position = torch.zeros(1, dtype=torch.int64, device=model.devices[0])
+        self.graph = None
+        a = model.args
+        channels = 2 * a.nk * a.dk + a.nv * a.dv
+        self.layers = [{"conv": torch.zeros((a.conv_kernel - 1, channels), device=dev),
+                        "S": torch.zeros((a.nv, a.dk, a.dv), device=dev)} if recurrent else
+                       {"k": torch.zeros((0, a.n_head_kv, a.head_dim), device=dev),
+                        "v": torch.zeros((0, a.n_head_kv, a.head_dim), device=dev)}
+                       for recurrent, dev in zip(a.recurrent, model.layer_devices)]
         self.reset()
 
     def feed(self, token_ids, all_logits: bool = False) -> np.ndarray:
         """Continue with token_ids: logits of the last token (float32 [vocab]), or of all with all_logits."""
         ids = checked_ids(token_ids, len(self.tokens), self.model.args.vocab, self.model.n_ctx)
-        with torch.no_grad():
-            logits = self.model.forward(self.layers, torch.from_numpy(ids).to(self.model.device), all_logits)
+        self._reserve(len(self.tokens) + len(ids))
+        with torch.no_grad(), self.model.precision():
+            if len(ids) == 1 and not all_logits:
+                logits = self._decode(int(ids[0]))
+            else:
+                tokens = torch.from_numpy(ids).to(self.model.devices[0])
+                logits = self.model.forward(self.layers, tokens, Positions(self.position, len(ids), len(self.tokens)),
+                                            all_logits)
+            out = logits.float().cpu().numpy()
+            self.position += len(ids)
+        self.model.computed_tokens += len(ids)
         self.tokens.extend(int(t) for t in ids)
-        out = logits.float().cpu().numpy()
         return out if all_logits else out[-1]
 
+    def _decode(self, token: int) -> torch.Tensor:
+        if not self.model.graphs:
+            tokens = torch.tensor([token], device=self.model.devices[0])
+            return self.model.forward(self.layers, tokens, Positions(self.position, 1, None), False)
+        if self.graph is None:
+            from localcoder.cuda.graphs import DecodeGraph
+            self.graph = DecodeGraph(self.model, self)
+        return self.graph.run(token)
+
+    def _reserve(self, length: int) -> None:
+        """KV rows for `length` tokens: capacity doubles when short (a recorded graph is then dropped)."""
+        for layer in self.layers:
+            if "k" in layer and layer["k"].shape[0] < length:
+                capacity = max(self.MIN_CAPACITY, 2 * layer["k"].shape[0], length)
+                for name in ("k", "v"):
+                    grown = layer[name].new_zeros((capacity, *layer[name].shape[1:]))
+                    grown[:layer[name].shape[0]] = layer[name]
+                    layer[name] = grown
+                self.graph = None
+
     def snapshot(self) -> Snapshot:
-        return Snapshot(tuple(self.tokens), [{k: v.clone() for k, v in layer.items()} for layer in self.layers])
+        n = len(self.tokens)
+        return Snapshot(tuple(self.tokens), [{k: v[:n].clone() if k in ("k", "v") else v.clone()
+                                              for k, v in layer.items()} for layer in self.layers])
 
     def restore(self, snapshot: Snapshot) -> None:
+        """Copy a snapshot into this session's own tensors (a recorded graph stays valid)."""
+        n = len(snapshot.tokens)
+        self._reserve(n)
+        for layer, saved in zip(self.layers, snapshot.layers):
+            for name, value in saved.items():
+                layer[name][:value.shape[0]].copy_(value)
         self.tokens = list(snapshot.tokens)
-        self.layers = [{k: v.clone() for k, v in layer.items()} for layer in snapshot.layers]
+        self.position.fill_(n)
 
     def reset(self) -> None:
-        a, dev = self.model.args, self.model.device
-        channels = 2 * a.nk * a.dk + a.nv * a.dv
+        for layer in self.layers:  # cached keys/values past the length are never read
+            for name in ("conv", "S"):
+                if name in layer:
+                    layer[name].zero_()
         self.tokens = []
-        self.layers = [{"conv": torch.zeros((a.conv_kernel - 1, channels), device=dev),
-                        "S": torch.zeros((a.nv, a.dk, a.dv), device=dev)} if recurrent else
-                       {"k": torch.zeros((0, a.n_head_kv, a.head_dim), device=dev),
-                        "v": torch.zeros((0, a.n_head_kv, a.head_dim), device=dev)} for recurrent in a.recurrent]
+        self.position.zero_()
 
 
 def _rows(weight: DeviceWeight, tokens: torch.Tensor) -> torch.Tensor:
@@ -173,91 +265,3 @@ def _rows(weight: DeviceWeight, tokens: torch.Tensor) -> torch.Tensor:
     if weight.qtype in FLOAT_TYPES:
         return weight.values[tokens]
     return dequantize(weight.raw[tokens], weight.qtype, weight.shape[-1])
-
-
-def _rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    return x * torch.rsqrt((x * x).mean(dim=-1, keepdim=True) + eps) * w
-
-
-def _rope_neox(x: torch.Tensor, positions: torch.Tensor, rope_dim: int, base: float) -> torch.Tensor:
-    """Rotate-half RoPE on the first rope_dim dims of each head; angles in float64 as reference.py."""
-    half = rope_dim // 2
-    inv_freq = base ** (-torch.arange(half, dtype=torch.float64, device=x.device) * 2.0 / rope_dim)
-    angle = positions.to(torch.float64)[:, None, None] * inv_freq
-    cos, sin = torch.cos(angle).to(x.dtype), torch.sin(angle).to(x.dtype)
-    a, b = x[..., :half], x[..., half:rope_dim]
-    return torch.cat([a * cos - b * sin, b * cos + a * sin, x[..., rope_dim:]], dim=-1)
-
-
-def _attention(x, w, p, args, state) -> torch.Tensor:
-    T, nh, nkv, d = x.shape[0], args.n_head, args.n_head_kv, args.head_dim
-    past = state["k"].shape[0]
-    qg = w[p + "attn_q.weight"].matmul(x).reshape(T, nh, 2 * d)
-    q, gate = qg[..., :d], qg[..., d:].reshape(T, nh * d)
-    k = w[p + "attn_k.weight"].matmul(x).reshape(T, nkv, d)
-    v = w[p + "attn_v.weight"].matmul(x).reshape(T, nkv, d)
-    q = _rms_norm(q, w[p + "attn_q_norm.weight"].vector(), args.eps)
-    k = _rms_norm(k, w[p + "attn_k_norm.weight"].vector(), args.eps)
-    pos = torch.arange(past, past + T, device=x.device)
-    q, k = _rope_neox(q, pos, args.rope_dim, args.rope_base), _rope_neox(k, pos, args.rope_dim, args.rope_base)
-    state["k"], state["v"] = torch.cat([state["k"], k]), torch.cat([state["v"], v])
-    keys = state["k"].repeat_interleave(nh // nkv, dim=1)  # query head h reads kv head h // group
-    values = state["v"].repeat_interleave(nh // nkv, dim=1)
-    scores = torch.einsum("thd,shd->hts", q, keys) / math.sqrt(d)
-    visible = torch.ones((T, past + T), dtype=torch.bool, device=x.device).tril(diagonal=past)
-    probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
-    out = torch.einsum("hts,shd->thd", probs, values).reshape(T, nh * d)
-    return w[p + "attn_output.weight"].matmul(out * torch.sigmoid(gate))
-
-
-def _gated_delta_net(x, w, p, args, state) -> torch.Tensor:
-    T, nk, nv, dk, dv = x.shape[0], args.nk, args.nv, args.dk, args.dv
-    r = nv // nk
-    mixed = w[p + "attn_qkv.weight"].matmul(x)
-    z = w[p + "attn_gate.weight"].matmul(x).reshape(T, nv, dv)
-    ba = w[p + "ssm_ba.weight"].matmul(x).reshape(T, nk, 2 * r)
-    b, a = ba[..., :r].reshape(T, nv), ba[..., r:].reshape(T, nv)
-    kernel = w[p + "ssm_conv1d.weight"].values.reshape(-1, args.conv_kernel)  # [channels, K]
-    K = kernel.shape[1]
-    padded = torch.cat([state["conv"], mixed])
-    state["conv"] = padded[-(K - 1):].clone()
-    conv = torch.nn.functional.silu(sum(padded[j:j + T] * kernel[:, j] for j in range(K)))
-    q = conv[:, :nk * dk].reshape(T, nk, dk)
-    k = conv[:, nk * dk:2 * nk * dk].reshape(T, nk, dk)
-    v = conv[:, 2 * nk * dk:].reshape(T, nv, dv)
-    q = q / torch.sqrt((q * q).sum(dim=-1, keepdim=True) + L2_EPS)
-    k = k / torch.sqrt((k * k).sum(dim=-1, keepdim=True) + L2_EPS)
-    q, k = q.repeat_interleave(r, dim=1) / math.sqrt(dk), k.repeat_interleave(r, dim=1)
-    beta = torch.sigmoid(b)
-    g = w[p + "ssm_a"].vector() * torch.nn.functional.softplus(a + w[p + "ssm_dt.bias"].vector())
-    out = delta_rule(q, k, v, g, beta, state["S"])
-    y = _rms_norm(out, w[p + "ssm_norm.weight"].vector(), args.eps) * torch.nn.functional.silu(z)
-    return w[p + "ssm_out.weight"].matmul(y.reshape(T, nv * dv))
-
-
-def _moe(x, w, p, args) -> torch.Tensor:
-    logits = w[p + "ffn_gate_inp.weight"].matmul(x)
-    probs = torch.softmax(logits, dim=-1)
-    weights, top = torch.topk(probs, args.n_expert_used, dim=-1)
-    weights = weights / weights.sum(dim=-1, keepdim=True)
-    if x.shape[0] == 1:  # decode: every chosen expert in one launch per projection
-        hidden = torch.nn.functional.silu(w[p + "ffn_gate_exps.weight"].grouped(x[0], top[0])) * \
-            w[p + "ffn_up_exps.weight"].grouped(x[0], top[0])
-        out = (weights[0][:, None] * w[p + "ffn_down_exps.weight"].grouped(hidden, top[0])).sum(dim=0, keepdim=True)
-    else:
-        out = _experts_by_group(x, w, p, top, weights)
-    shared = torch.nn.functional.silu(w[p + "ffn_gate_shexp.weight"].matmul(x)) * w[p + "ffn_up_shexp.weight"].matmul(x)
-    shared = w[p + "ffn_down_shexp.weight"].matmul(shared)
-    return out + shared * torch.sigmoid(x @ w[p + "ffn_gate_inp_shexp.weight"].vector())[:, None]
-
-
-def _experts_by_group(x, w, p, top, weights) -> torch.Tensor:
-    """Prefill: each chosen expert once, over the tokens that chose it."""
-    out = torch.zeros_like(x)
-    for e in torch.unique(top).tolist():
-        tokens, slot = (top == e).nonzero(as_tuple=True)
-        xe = x[tokens]
-        hidden = torch.nn.functional.silu(w[p + "ffn_gate_exps.weight"].matmul(xe, e)) * \
-            w[p + "ffn_up_exps.weight"].matmul(xe, e)
-        out.index_add_(0, tokens, weights[tokens, slot][:, None] * w[p + "ffn_down_exps.weight"].matmul(hidden, e))
-    return out

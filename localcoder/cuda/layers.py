@@ -1,0 +1,134 @@
+"""The Qwen3-Next layers in float32 torch on the device: a port of localcoder/reference.py (same math, same state
+layout) whose quantized projections run on the block formats (weights.DeviceWeight).
+
+A decode step (one token, `Positions.host_start` None) never reads anything back to the host: the cache length
+is a device tensor and every shape is fixed, so the step can be captured once as a CUDA graph and replayed at
+every position (graphs.py). A prompt knows its start on the host and uses the whole-prompt forms: fused
+scaled-dot-product attention, the chunked delta rule, experts grouped by the tokens that chose them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from localcoder.cuda.attention import decode_attention, prefill_attention
+from localcoder.cuda.deltanet import CHUNKED_FROM, delta_rule, delta_rule_chunked
+from localcoder.reference import L2_EPS
+
+
+@dataclass
+class Positions:
+    """Where a call's `count` tokens go: from `start` (int64 [1] on the device: the session's length), which the
+    host also knows as `host_start` for a prompt, and does not read (None) in a decode step."""
+
+    start: torch.Tensor
+    count: int
+    host_start: int | None
+    _moved: dict = field(default_factory=dict)
+
+    def on(self, device: torch.device) -> "Positions":
+        """These positions with `start` on `device` (layers split over several GPUs)."""
+        if device == self.start.device:
+            return self
+        if device not in self._moved:
+            self._moved[device] = Positions(self.start.to(device), self.count, self.host_start)
+        return self._moved[device]
+
+    def all(self) -> torch.Tensor:
+        return self.start + torch.arange(self.count, device=self.start.device)
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt((x * x).mean(dim=-1, keepdim=True) + eps) * w
+
+
+def rope_neox(x: torch.Tensor, positions: torch.Tensor, rope_dim: int, base: float) -> torch.Tensor:
+    """Rotate-half RoPE on the first rope_dim dims of each head; angles in float64 as reference.py."""
+    half = rope_dim // 2
+    inv_freq = base ** (-torch.arange(half, dtype=torch.float64, device=x.device) * 2.0 / rope_dim)
+    angle = positions.to(torch.float64)[:, None, None] * inv_freq
+    cos, sin = torch.cos(angle).to(x.dtype), torch.sin(angle).to(x.dtype)
+    a, b = x[..., :half], x[..., half:rope_dim]
+    return torch.cat([a * cos - b * sin, b * cos + a * sin, x[..., rope_dim:]], dim=-1)
+
+
+def attention(x, w, p, args, state, pos: Positions) -> torch.Tensor:
+    """Gated attention; state["k"], state["v"] [capacity, n_kv, head_dim] hold the session's keys and values."""
+    T, nh, nkv, d = x.shape[0], args.n_head, args.n_head_kv, args.head_dim
+    qg = w[p + "attn_q.weight"].matmul(x).reshape(T, nh, 2 * d)
+    q, gate = qg[..., :d], qg[..., d:].reshape(T, nh * d)
+    k = w[p + "attn_k.weight"].matmul(x).reshape(T, nkv, d)
+    v = w[p + "attn_v.weight"].matmul(x).reshape(T, nkv, d)
+    q = rms_norm(q, w[p + "attn_q_norm.weight"].vector(), args.eps)
+    k = rms_norm(k, w[p + "attn_k_norm.weight"].vector(), args.eps)
+    positions = pos.all()
+    q, k = rope_neox(q, positions, args.rope_dim, args.rope_base), rope_neox(k, positions, args.rope_dim, args.rope_base)
+    if pos.host_start is None:  # decode: the cache row and its length come from the device
+        state["k"].index_copy_(0, pos.start, k)
+        state["v"].index_copy_(0, pos.start, v)
+        out = decode_attention(q[0], state["k"], state["v"], pos.start + 1)[None]
+    else:
+        end = pos.host_start + T
+        state["k"][pos.host_start:end] = k
+        state["v"][pos.host_start:end] = v
+        out = prefill_attention(q, state["k"][:end], state["v"][:end])
+    return w[p + "attn_output.weight"].matmul(out.reshape(T, nh * d) * torch.sigmoid(gate))
+
+
+def gated_delta_net(x, w, p, args, state, pos: Positions) -> torch.Tensor:
+    """Gated DeltaNet; state["conv"] [K-1, channels] and state["S"] [nv, dk, dv] are updated in place."""
+    T, nk, nv, dk, dv = x.shape[0], args.nk, args.nv, args.dk, args.dv
+    r = nv // nk
+    mixed = w[p + "attn_qkv.weight"].matmul(x)
+    z = w[p + "attn_gate.weight"].matmul(x).reshape(T, nv, dv)
+    ba = w[p + "ssm_ba.weight"].matmul(x).reshape(T, nk, 2 * r)
+    b, a = ba[..., :r].reshape(T, nv), ba[..., r:].reshape(T, nv)
+    kernel = w[p + "ssm_conv1d.weight"].values.reshape(-1, args.conv_kernel)  # [channels, K]
+    K = kernel.shape[1]
+    padded = torch.cat([state["conv"], mixed])
+    state["conv"].copy_(padded[-(K - 1):])
+    conv = torch.nn.functional.silu(sum(padded[j:j + T] * kernel[:, j] for j in range(K)))
+    q = conv[:, :nk * dk].reshape(T, nk, dk)
+    k = conv[:, nk * dk:2 * nk * dk].reshape(T, nk, dk)
+    v = conv[:, 2 * nk * dk:].reshape(T, nv, dv)
+    q = q / torch.sqrt((q * q).sum(dim=-1, keepdim=True) + L2_EPS)
+    k = k / torch.sqrt((k * k).sum(dim=-1, keepdim=True) + L2_EPS)
+    q, k = q.repeat_interleave(r, dim=1) / math.sqrt(dk), k.repeat_interleave(r, dim=1)
+    beta = torch.sigmoid(b)
+    g = w[p + "ssm_a"].vector() * torch.nn.functional.softplus(a + w[p + "ssm_dt.bias"].vector())
+    rule = delta_rule_chunked if T >= CHUNKED_FROM else delta_rule
+    out = rule(q, k, v, g, beta, state["S"])
+    y = rms_norm(out, w[p + "ssm_norm.weight"].vector(), args.eps) * torch.nn.functional.silu(z)
+    return w[p + "ssm_out.weight"].matmul(y.reshape(T, nv * dv))
+
+
+def moe(x, w, p, args) -> torch.Tensor:
+    """Top-k routed experts (renormalized weights) plus the gated shared expert."""
+    logits = w[p + "ffn_gate_inp.weight"].matmul(x)
+    probs = torch.softmax(logits, dim=-1)
+    weights, top = torch.topk(probs, args.n_expert_used, dim=-1)
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    if x.shape[0] == 1:  # decode: every chosen expert in one launch per projection, no host reads
+        hidden = torch.nn.functional.silu(w[p + "ffn_gate_exps.weight"].grouped(x[0], top[0])) * \
+            w[p + "ffn_up_exps.weight"].grouped(x[0], top[0])
+        out = (weights[0][:, None] * w[p + "ffn_down_exps.weight"].grouped(hidden, top[0])).sum(dim=0, keepdim=True)
+    else:
+        out = _experts_by_group(x, w, p, top, weights)
+    shared = torch.nn.functional.silu(w[p + "ffn_gate_shexp.weight"].matmul(x)) * w[p + "ffn_up_shexp.weight"].matmul(x)
+    shared = w[p + "ffn_down_shexp.weight"].matmul(shared)
+    return out + shared * torch.sigmoid(x @ w[p + "ffn_gate_inp_shexp.weight"].vector())[:, None]
+
+
+def _experts_by_group(x, w, p, top, weights) -> torch.Tensor:
+    """Prefill: each chosen expert once, over the tokens that chose it."""
+    out = torch.zeros_like(x)
+    for e in torch.unique(top).tolist():
+        tokens, slot = (top == e).nonzero(as_tuple=True)
+        xe = x[tokens]
+        hidden = torch.nn.functional.silu(w[p + "ffn_gate_exps.weight"].matmul(xe, e)) * \
+            w[p + "ffn_up_exps.weight"].matmul(xe, e)
+        out.index_add_(0, tokens, weights[tokens, slot][:, None] * w[p + "ffn_down_exps.weight"].matmul(hidden, e))
+    return out

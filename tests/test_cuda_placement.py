@@ -1,0 +1,30 @@
+"""Layer split over several GPUs: contiguous runs proportional to free memory, clear refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from localcoder.cuda.placement import GIB, split_layers
+from localcoder.errors import UserError
+
+
+def test_equal_gpus_take_half_the_layers_each():
+    assert split_layers([10] * 8, [100, 100]) == [0] * 4 + [1] * 4
+
+
+def test_shares_follow_free_memory_and_count_embedding_and_output():
+    plan = split_layers([10] * 8, [30, 90], first_bytes=10)
+    assert plan == [0] + [1] * 7  # device 0's share: a quarter of 90 bytes, the embedding and one layer
+    plan = split_layers([10] * 8, [100, 100], last_bytes=40)
+    assert plan.count(0) == 6  # the output on the last GPU pushes layers to the first
+
+
+def test_one_device_takes_everything():
+    assert split_layers([5, 7, 9], [50]) == [0, 0, 0]
+
+
+def test_too_large_models_are_refused_with_sizes():
+    with pytest.raises(UserError, match=r"needs 3\.0 GiB but the GPUs have 2\.0 GiB"):
+        split_layers([GIB] * 3, [GIB, GIB])
+    with pytest.raises(UserError, match="GPU 0 would hold"):
+        split_layers([3 * GIB, GIB], [2 * GIB, 10 * GIB])  # a layer larger than the smaller GPU
