@@ -6,8 +6,10 @@ decode >= 1.5x llama.cpp, prefill >= 1.0x).
 
 Writes the real Qwen3-Coder-Next geometry (random weights, llama.cpp's Q4_K_M mix; 48 layers is ~45 GiB, built
 once under .cache/bench), then measures localcoder's TorchModel and llama-cpp-python with every layer offloaded,
-alternating, best of --repeats. Also prints the bandwidth roofline: bytes read per decoded token / the GPU's
-measured bandwidth. Needs a CUDA GPU; it has not been run yet (no GPU was lent while it was written).
+alternating, best of --repeats (localcoder's decode through CUDA graphs; --eager adds a row without them).
+Also prints the bandwidth roofline (bytes read per decoded token / the GPU's measured bandwidth) and times the
+delta rule's two forms at the real geometry, which sets deltanet.CHUNKED_FROM. Needs a CUDA GPU; it has not been
+run yet (no GPU was lent while it was written).
 """
 
 from __future__ import annotations
@@ -53,6 +55,30 @@ def measure(prefill, decode, prompt: list[int], gen: list[int]) -> tuple[float, 
     return len(prompt) / (t1 - t0), len(gen) / (time.perf_counter() - t1)
 
 
+def delta_rule_table(lengths=(1, 16, 64, 256, 512), heads: int = 32, d: int = 128) -> list[str]:
+    """Milliseconds per call of the token-walking kernel and the chunked form, at the model's 32 heads of 128."""
+    import torch
+
+    from localcoder.cuda.deltanet import delta_rule, delta_rule_chunked
+
+    lines = ["| prompt tokens | kernel ms | chunked ms |", "|---|---|---|"]
+    for T in lengths:
+        q, k, v = (torch.randn((T, heads, d), device="cuda") / d ** 0.5 for _ in range(3))
+        g, beta = -torch.rand((T, heads), device="cuda"), torch.rand((T, heads), device="cuda")
+        times = []
+        for rule in (delta_rule, delta_rule_chunked):
+            S = torch.zeros((heads, d, d), device="cuda")
+            rule(q, k, v, g, beta, S)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(10):
+                rule(q, k, v, g, beta, S)
+            torch.cuda.synchronize()
+            times.append((time.perf_counter() - t0) / 10 * 1e3)
+        lines.append(f"| {T} | {times[0]:.3f} | {times[1]:.3f} |")
+    return lines
+
+
 def main() -> None:
     import torch
 
@@ -61,6 +87,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--eager", action="store_true", help="also measure decode without CUDA graphs")
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -74,37 +101,44 @@ def main() -> None:
     rng = np.random.default_rng(0)
     prompt = [int(t) for t in rng.integers(0, 700, args.prompt)]
     gen = [int(t) for t in rng.integers(0, 700, args.gen)]
+    n_ctx = args.prompt + args.gen + 8
     torch.cuda.reset_peak_memory_stats()
-    ours = TorchModel.load(path, "cuda", n_ctx=args.prompt + args.gen + 8)
-    ours_vram = torch.cuda.max_memory_allocated() / 2**30
-    llm = llama_cpp.Llama(str(path), n_ctx=args.prompt + args.gen + 8, n_gpu_layers=-1, n_batch=512, verbose=False)
-    session = [ours.new_session()]
+    ours = {"localcoder": TorchModel.load(path, "cuda:0", n_ctx=n_ctx)}
+    if args.eager:
+        ours["localcoder eager"] = TorchModel.load(path, "cuda:0", n_ctx=n_ctx, graphs=False)
+    llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_gpu_layers=-1, n_batch=512, n_ubatch=512, verbose=False)
 
-    def ours_prefill(tokens):
-        session[0] = ours.new_session()
-        session[0].feed(tokens)
+    def localcoder(model):
+        session = model.new_session()  # one session: reset keeps its tensors, so its recorded graph stays valid
+
+        def prefill(tokens):
+            session.reset()
+            session.feed(tokens)
+        return prefill, lambda t: session.feed([t])
 
     def llama_prefill(tokens):
         llm.reset()
         llm.eval(tokens)
 
-    engines = {"localcoder": (ours_prefill, lambda t: session[0].feed([t])),
-               "llama.cpp": (llama_prefill, lambda t: llm.eval([t]))}
+    engines = {name: localcoder(model) for name, model in ours.items()}
+    engines["llama.cpp"] = (llama_prefill, lambda t: llm.eval([t]))
     best = {e: (0.0, 0.0) for e in engines}
     for r in range(args.repeats):
         for name in (list(engines) if r % 2 == 0 else list(reversed(engines))):
             p, d = measure(*engines[name], prompt, gen)
             best[name] = (max(best[name][0], p), max(best[name][1], d))
             print(f"{name}: pp{args.prompt} {p:.1f} tok/s, tg{args.gen} {d:.2f} tok/s", flush=True)
+    vram = torch.cuda.max_memory_allocated() / 2**30  # localcoder's models and sessions (llama.cpp's is not torch's)
     bandwidth = cuda_bandwidths(0)[0]
     read = sum(t.active_bytes for t in Footprint.from_gguf(path).tensors)
-    (op, od), (lp, ld) = best["localcoder"], best["llama.cpp"]
-    lines = [f"| engine | pp{args.prompt} tok/s | tg{args.gen} tok/s | VRAM GiB |", "|---|---|---|---|",
-             f"| localcoder | {op:.1f} | {od:.2f} | {ours_vram:.1f} (weights and model) |",
-             f"| llama.cpp | {lp:.1f} | {ld:.2f} | — |",
-             f"| ratio | {op / lp:.2f}x | {od / ld:.2f}x | |",
-             f"\nroofline: {read / 2**30:.2f} GiB read per token at {bandwidth:.0f} GB/s = "
-             f"{bandwidth * 1e9 / read:.0f} tok/s ({torch.cuda.get_device_name(0)}, {args.layers} layers)"]
+    lp, ld = best["llama.cpp"]
+    lines = [f"| engine | pp{args.prompt} tok/s | tg{args.gen} tok/s | vs llama.cpp (pp / tg) |", "|---|---|---|---|"]
+    for name, (p, d) in best.items():
+        lines.append(f"| {name} | {p:.1f} | {d:.2f} | {p / lp:.2f}x / {d / ld:.2f}x |")
+    lines += [f"\nlocalcoder's peak VRAM (torch): {vram:.1f} GiB",
+              f"roofline: {read / 2**30:.2f} GiB read per token at {bandwidth:.0f} GB/s = "
+              f"{bandwidth * 1e9 / read:.0f} tok/s ({torch.cuda.get_device_name(0)}, {args.layers} layers)", ""]
+    lines += delta_rule_table()
     print("\n".join(lines))
     if args.markdown:
         args.markdown.write_text("\n".join(lines) + "\n")
