@@ -277,7 +277,7 @@ def run(
                                            help="Longest conversation in tokens (default: the model's, at most 32768)."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="CPU threads (default: all)."),
     engine: str = typer.Option("localcoder", "--engine", help="localcoder (CPU runtime) or llamacpp (llama-cpp-python)."),
-    backend: str = typer.Option("cpu", "--backend", help="localcoder's backend: cpu, or cuda (one GPU, in progress)."),
+    backend: str = typer.Option("cpu", "--backend", help="localcoder's backend: cpu, or cuda (the first GPU; layers split over every GPU when one is too small)."),
 ) -> None:
     """Chat with a model, streaming text, with prompt and generation speed at the end."""
     from localcoder.server.launch import load_model
@@ -326,7 +326,7 @@ def serve(
                                                                   "a .toml file, or auto (`localcoder bench`'s pick)."),
     engine: Optional[str] = typer.Option(None, "--engine", help="localcoder (CPU runtime, the default) or llamacpp "
                                                                 "(llama-cpp-python computes the logits)."),
-    backend: str = typer.Option("cpu", "--backend", help="localcoder's backend: cpu, or cuda (one GPU, in progress)."),
+    backend: str = typer.Option("cpu", "--backend", help="localcoder's backend: cpu, or cuda (the first GPU; layers split over every GPU when one is too small)."),
 ) -> None:
     """Serve a model to coding agents: OpenAI (/v1/chat/completions, /v1/completions, /v1/models) and Anthropic
     (/v1/messages) APIs with streaming, tool calls and prefix reuse across turns. Options given explicitly win

@@ -112,7 +112,7 @@ class Model(LanguageModel):
         rounds the inputs of quantized weights to 8 bits as llama.cpp does (Q8_K / Q8_0) and multiplies in
         integers, "f32" keeps them float32 (exact, 2-4x slower). Refuses with a UserError when the machine cannot
         hold the weights plus the sessions' state for n_ctx tokens. backend="cuda": every weight on the first
-        CUDA GPU (localcoder.cuda, in progress), with the same interface."""
+        GPU, or split by layers over every GPU when one is too small (localcoder.cuda), with the same interface."""
         from localcoder.memory import check_fits, predict_memory
 
         if backend == "cuda":
