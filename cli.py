@@ -332,11 +332,12 @@ def serve(
     (/v1/messages) APIs with streaming, tool calls and prefix reuse across turns. Options given explicitly win
     over the profile's."""
     from localcoder.hub import resolve_model
+    from localcoder.profiles import cuda_devices
     from localcoder.server.launch import apply_profile, load_engine, serve_forever
 
     if model_path is not None:
         model_path = resolve_model(str(model_path), need_gguf=True)
-    n_batch, n_gpu_layers = 512, 0
+    n_batch, n_gpu_layers, gpus = 512, 0, None
     if profile is not None:
         chosen, why = apply_profile(profile, model_path)
         err.print(f"[dim]profile {chosen.name}: {why}[/]", soft_wrap=True, highlight=False)
@@ -345,9 +346,11 @@ def serve(
         n_batch = chosen.batch
         engine = engine or chosen.engine
         n_gpu_layers = -1 if chosen.devices == ["gpu"] else 0  # llama.cpp: every layer on the accelerator
+        if engine == "localcoder" and cuda_devices(chosen) and backend == "cpu":
+            backend, gpus = "cuda", cuda_devices(chosen)  # localcoder's CUDA backend on the profile's GPUs
     server_engine, name = load_engine(model_path, ctx, threads, 2.0 if cache_ram is None else cache_ram, max_queue,
                                       n_batch=n_batch, clamp_ctx=profile is not None, engine=engine or "localcoder",
-                                      n_gpu_layers=n_gpu_layers, backend=backend)
+                                      n_gpu_layers=n_gpu_layers, backend=backend, gpus=gpus)
     echo = lambda text: out.print(text, soft_wrap=True, highlight=False)  # noqa: E731
     serve_forever(server_engine, name, host, port, api_key, max_body << 20, echo)
 

@@ -106,13 +106,15 @@ class Model(LanguageModel):
 
     @classmethod
     def load(cls, path, n_ctx: int | None = None, n_batch: int = 512, threads: int | None = None,
-             check_memory: bool = True, activations: str = "q8", backend: str = "cpu") -> "Model":
+             check_memory: bool = True, activations: str = "q8", backend: str = "cpu",
+             gpus: list[str] | None = None) -> "Model":
         """Open a Qwen3-Next GGUF (memory-mapped). n_ctx: the longest session (default: the model's trained
         context, capped at 32768); threads: CPU threads for the kernels (default: all cores); activations: "q8"
         rounds the inputs of quantized weights to 8 bits as llama.cpp does (Q8_K / Q8_0) and multiplies in
         integers, "f32" keeps them float32 (exact, 2-4x slower). Refuses with a UserError when the machine cannot
         hold the weights plus the sessions' state for n_ctx tokens. backend="cuda": every weight on the first
-        GPU, or split by layers over every GPU when one is too small (localcoder.cuda), with the same interface."""
+        GPU, or split by layers over every GPU when one is too small, or over `gpus` (localcoder.cuda), with the
+        same interface."""
         from localcoder.memory import check_fits, predict_memory
 
         if backend == "cuda":
@@ -120,7 +122,7 @@ class Model(LanguageModel):
                 from localcoder.cuda.model import TorchModel
             except ImportError as e:
                 raise UserError(f"the CUDA backend needs torch with CUDA ({e}): pip install 'localcoder[cuda]'")
-            return TorchModel.load(path, None, n_ctx)
+            return TorchModel.load(path, gpus, n_ctx)
         if backend != "cpu":
             raise UserError(f"backend {backend!r}: choose cpu or cuda")
 

@@ -235,16 +235,22 @@ def get_profile(name_or_path: str) -> Profile:
 
 def not_built(profile: Profile) -> str | None:
     """Why this build of localcoder cannot run the profile yet (whatever the machine), or None."""
+    import importlib.util
+
     if profile.engine == "llamacpp":
-        import importlib.util
         if importlib.util.find_spec("llama_cpp") is None:
             return "the llama.cpp engine needs llama-cpp-python (pip install 'localcoder[llamacpp]')"
         return None
-    cuda = [d for d in profile.devices if d.startswith("cuda")]
-    if len(cuda) > 1:
-        return "localcoder's CUDA backend has no multi-GPU layer split yet"
+    cuda = cuda_devices(profile)
     if cuda and profile.expert_cache_gib:
         return "localcoder's hybrid expert cache (experts in RAM, streamed to VRAM) is not built yet"
     if cuda and "cpu" in profile.devices:
-        return "localcoder's CUDA backend keeps every weight on the GPU; CPU placement is not built yet"
+        return "localcoder's CUDA backend keeps every weight on the GPUs; CPU placement is not built yet"
+    if cuda and not all(importlib.util.find_spec(m) for m in ("torch", "triton")):
+        return "localcoder's CUDA backend needs torch with CUDA (pip install 'localcoder[cuda]')"
     return None
+
+
+def cuda_devices(profile: Profile) -> list[str]:
+    """The CUDA devices a profile places weights on ("gpu" is the first)."""
+    return sorted({"cuda:0" if d == "gpu" else d for d in profile.devices if d == "gpu" or d.startswith("cuda")})

@@ -29,11 +29,11 @@ def test_every_required_profile_ships_and_validates():
         assert p.placement[-1].tensors is None and p.placement[-1].layers is None
 
 
-def test_placement_rules_put_tensors_where_the_profiles_say():
+def test_placement_rules_put_tensors_where_the_profiles_say(tmp_path):
     dual = get_profile("dual-rtx-5090")
     assert dual.device_of("blk.3.attn_q.weight", 3) == "cuda:0"
     assert dual.device_of("blk.30.ffn_up_exps.weight", 30) == "cuda:1"
-    assert dual.device_of("token_embd.weight", None) == "cpu"
+    assert dual.device_of("token_embd.weight", None) == "cuda:0"
     assert dual.device_of("output.weight", None) == "cuda:1"
     hybrid = get_profile("gpu-16gb")
     assert hybrid.device_of("blk.7.ffn_down_exps.weight", 7) == "cpu"
@@ -42,7 +42,11 @@ def test_placement_rules_put_tensors_where_the_profiles_say():
     assert not_built(get_profile("cpu-only")) is None
     assert not_built(get_profile("dgx-spark")) is None  # the llama.cpp engine (llama-cpp-python is installed)
     assert "hybrid expert cache" in not_built(get_profile("gpu-16gb"))
-    assert "multi-GPU" in not_built(get_profile("dual-rtx-5090"))
+    assert not_built(get_profile("dual-rtx-5090")) is None  # the CUDA backend's layer split (torch is installed)
+    embedding_in_ram = tmp_path / "dual-rtx-5090.toml"
+    embedding_in_ram.write_text((PROFILES_DIR / "dual-rtx-5090.toml").read_text().replace(
+        'tensors = "token_embd"\ndevice = "cuda:0"', 'tensors = "token_embd"\ndevice = "cpu"'))
+    assert "CPU placement" in not_built(load_profile(embedding_in_ram))
 
 
 GOOD = (PROFILES_DIR / "gpu-16gb.toml").read_text()
