@@ -105,21 +105,26 @@ def gated_delta_net(x, w, p, args, state, pos: Positions) -> torch.Tensor:
     return w[p + "ssm_out.weight"].matmul(y.reshape(T, nv * dv))
 
 
-def moe(x, w, p, args) -> torch.Tensor:
-    """Top-k routed experts (renormalized weights) plus the gated shared expert."""
+def moe(x, w, p, args, routed=None) -> torch.Tensor:
+    """Top-k routed experts (renormalized weights) plus the gated shared expert. routed(x, w, p, top, weights)
+    computes the routed part (default: device_experts, every expert on the device)."""
     logits = w[p + "ffn_gate_inp.weight"].matmul(x)
     probs = torch.softmax(logits, dim=-1)
     weights, top = torch.topk(probs, args.n_expert_used, dim=-1)
     weights = weights / weights.sum(dim=-1, keepdim=True)
-    if x.shape[0] == 1:  # decode: every chosen expert in one launch per projection, no host reads
-        hidden = torch.nn.functional.silu(w[p + "ffn_gate_exps.weight"].grouped(x[0], top[0])) * \
-            w[p + "ffn_up_exps.weight"].grouped(x[0], top[0])
-        out = (weights[0][:, None] * w[p + "ffn_down_exps.weight"].grouped(hidden, top[0])).sum(dim=0, keepdim=True)
-    else:
-        out = _experts_by_group(x, w, p, top, weights)
+    out = (routed or device_experts)(x, w, p, top, weights)
     shared = torch.nn.functional.silu(w[p + "ffn_gate_shexp.weight"].matmul(x)) * w[p + "ffn_up_shexp.weight"].matmul(x)
     shared = w[p + "ffn_down_shexp.weight"].matmul(shared)
     return out + shared * torch.sigmoid(x @ w[p + "ffn_gate_inp_shexp.weight"].vector())[:, None]
+
+
+def device_experts(x, w, p, top, weights) -> torch.Tensor:
+    """The routed experts' weighted sum [T, H], every expert's weights on the device."""
+    if x.shape[0] == 1:  # decode: every chosen expert in one launch per projection, no host reads
+        hidden = torch.nn.functional.silu(w[p + "ffn_gate_exps.weight"].grouped(x[0], top[0])) * \
+            w[p + "ffn_up_exps.weight"].grouped(x[0], top[0])
+        return (weights[0][:, None] * w[p + "ffn_down_exps.weight"].grouped(hidden, top[0])).sum(dim=0, keepdim=True)
+    return _experts_by_group(x, w, p, top, weights)
 
 
 def _experts_by_group(x, w, p, top, weights) -> torch.Tensor:

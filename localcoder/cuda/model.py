@@ -73,6 +73,11 @@ class DeviceWeight:
     def vector(self) -> torch.Tensor:
         return self.values.reshape(-1)
 
+    @property
+    def nbytes(self) -> int:
+        data = self.values if self.qtype in FLOAT_TYPES else self.raw
+        return data.numel() * data.element_size()
+
 
 def _ggml(name: str):
     from gguf import GGMLQuantizationType as T
@@ -105,7 +110,10 @@ class TorchModel(LanguageModel):
         self.w = {}
         for name, shape in shapes.items():
             t = tensors[name]
-            self.w[name] = DeviceWeight(np.asarray(t.data), T(t.tensor_type).name, shape, self._device_of(name))
+            if self.keeps_in_ram(name):
+                self.keep_in_ram(name, t, T(t.tensor_type).name, shape)
+            else:
+                self.w[name] = DeviceWeight(np.asarray(t.data), T(t.tensor_type).name, shape, self._device_of(name))
         self.output = self.w.get("output.weight", self.w["token_embd.weight"])
         if self.output.device != self.devices[-1]:  # tied output with the embedding on another GPU
             t = tensors["token_embd.weight"]
@@ -114,10 +122,21 @@ class TorchModel(LanguageModel):
         self.graphs = graphs and len(self.devices) == 1 and self.devices[0].type == "cuda"
         self.exact = exact
 
+    routed = None  # moe's routed-experts function (layers.device_experts); the hybrid runtime replaces it
+
+    def keeps_in_ram(self, name: str) -> bool:
+        """Whether tensor `name` stays in host memory instead of going to its device (the hybrid runtime's
+        routed experts)."""
+        return False
+
+    def keep_in_ram(self, name: str, tensor, qtype: str, shape: tuple) -> None:
+        """Keep a tensor that keeps_in_ram names (gguf-py's ReaderTensor, memory-mapped) in host memory."""
+        raise NotImplementedError
+
     def _place(self, tensors: dict, shapes: dict) -> list[torch.device]:
         layer_bytes = [0] * self.args.n_layer
         for name in shapes:
-            if name.startswith("blk."):
+            if name.startswith("blk.") and not self.keeps_in_ram(name):
                 layer_bytes[int(name.split(".")[1])] += int(tensors[name].n_bytes)
         first = int(tensors["token_embd.weight"].n_bytes)
         last = int(tensors["output.weight" if "output.weight" in tensors else "token_embd.weight"].n_bytes)
@@ -172,7 +191,7 @@ class TorchModel(LanguageModel):
             x = rms_norm(h, w[p + "attn_norm.weight"].vector(), a.eps)
             mixer = gated_delta_net if a.recurrent[i] else attention
             h = h + mixer(x, w, p, a, state[i], pos.on(device))
-            h = h + moe(rms_norm(h, w[p + "post_attention_norm.weight"].vector(), a.eps), w, p, a)
+            h = h + moe(rms_norm(h, w[p + "post_attention_norm.weight"].vector(), a.eps), w, p, a, self.routed)
         h = (h if all_logits else h[-1:]).to(self.devices[-1])
         return self.output.matmul(rms_norm(h, w["output_norm.weight"].vector(), a.eps))
 

@@ -51,14 +51,17 @@ def gemv(raw: torch.Tensor, qtype: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def grouped_gemv(raw: torch.Tensor, qtype: str, experts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """float32 [slots, rows]: W[experts[s]] @ x[s] for each slot; raw uint8 [E, rows, row_bytes]; x [cols] (the
-    same input for every slot) or [slots, cols]."""
-    n_expert, rows = raw.shape[0], raw.shape[1]
-    groups = _check(raw.reshape(n_expert * rows, -1), qtype, x.shape[-1])
+    """float32 [slots, rows]: W[experts[s]] @ x[s] for each slot; raw uint8 [E, rows, row_bytes] (each expert's rows
+    contiguous; experts may sit further apart, as in the hybrid runtime's slot pool); x [cols] (the same input for
+    every slot) or [slots, cols]."""
+    rows, row_bytes = raw.shape[1], raw.shape[2]
+    if raw.stride(2) != 1 or raw.stride(1) != row_bytes:
+        raw = raw.contiguous()
+    groups = _check(raw[0, :1], qtype, x.shape[-1])
     slots = experts.shape[0]
     x = x.contiguous().float()
     y = torch.empty((slots, rows), dtype=torch.float32, device=raw.device)
     grouped_gemv_kernel[(triton.cdiv(rows, GEMV_ROWS), slots)](
-        raw.contiguous(), experts.to(torch.int32).contiguous(), x, y, rows, raw.shape[2], rows * raw.shape[2],
+        raw, experts.to(torch.int32).contiguous(), x, y, rows, row_bytes, raw.stride(0),
         0 if x.dim() == 1 else x.shape[1], groups, TYPE_IDS[qtype], GROUP_BYTES[qtype], GEMV_ROWS)
     return y

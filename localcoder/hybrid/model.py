@@ -1,0 +1,203 @@
+"""The hybrid runtime: attention, DeltaNet, shared experts, router and embedding on the GPU (the CUDA backend);
+routed experts in RAM, memory-mapped from the GGUF, with a VRAM cache of slots for the ones the router uses most.
+
+Per layer and call, the router's choices come to the host; the cache (policy.ExpertCache) records the uses and
+says which experts are resident. Each missed expert is admitted into a slot when it is hotter than the coldest
+resident (copied once, then computed on the device), else handled where the cost model says: computed on the CPU
+from RAM (the CPU runtime's kernels, float32 activations) while the device computes the hits, or streamed over
+PCIe into a scratch area and computed on the device (what pays for a prompt's many tokens). Logits are the same
+at every budget up to float rounding: every path multiplies the same decoded weights.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from localcoder.cuda.model import TorchModel
+from localcoder.cuda.quant import dequantize, grouped_gemv
+from localcoder.errors import UserError
+from localcoder.hybrid.policy import DECAY, ExpertCache
+from localcoder.hybrid.slots import PROJECTIONS, ExpertSlots
+
+MAX_TRACE_TOKENS = 1 << 16  # router choices kept for `trace` (a simulator input), per model
+
+
+@dataclass
+class MissCosts:
+    """Seconds to handle a missed expert used by n tokens: on the CPU (read its bytes from RAM once, multiply)
+    or streamed to the device (copy its bytes over PCIe; the device's multiply is taken as free)."""
+
+    ram_gbs: float = 40.0
+    cpu_gmacs: float = 40.0  # float32 multiply-adds per second, all cores
+    pcie_gbs: float = 20.0  # pinned host-to-device
+
+    @classmethod
+    def measured(cls, device: int = 0) -> "MissCosts":
+        """Host RAM and PCIe bandwidth measured on this machine (hardware.probe); CPU multiply rate assumed."""
+        from localcoder.hardware import cuda_bandwidths, probe
+
+        ram = probe(measure=True).ram_bandwidth_gbs
+        return cls(ram_gbs=ram or cls.ram_gbs, pcie_gbs=cuda_bandwidths(device)[1])
+
+    def on_cpu(self, n_tokens: int, nbytes: int, macs_per_token: int) -> bool:
+        cpu = nbytes / (self.ram_gbs * 1e9) + n_tokens * macs_per_token / (self.cpu_gmacs * 1e9)
+        return cpu <= nbytes / (self.pcie_gbs * 1e9)
+
+
+@dataclass
+class MissStats:
+    cpu_experts: int = 0
+    streamed_experts: int = 0
+    streamed_bytes: int = 0
+
+
+class HybridModel(TorchModel):
+    """A GGUF with its routed experts in RAM and `budget_bytes` of expert slots on `device` (see the module
+    docstring). pinned: (layer, expert) pairs kept resident (a saved router profile)."""
+
+    def __init__(self, path: Path, device: str, budget_bytes: int, n_ctx: int | None = None,
+                 costs: MissCosts | None = None, pinned=(), decay: float = DECAY, exact: bool = False):
+        self.in_ram = {}
+        super().__init__(path, [device], n_ctx, graphs=False, exact=exact)
+        self.costs = costs or MissCosts()
+        largest = {proj: max(self.in_ram[f"blk.{i}.{proj}.weight"].raw[0].nbytes for i in range(self.args.n_layer))
+                   for proj in PROJECTIONS}
+        self.slots = ExpertSlots.within(self.devices[0], budget_bytes, largest, self.args.n_layer * self.args.n_expert)
+        self.cache = ExpertCache(self.slots.n_slots, decay, list(pinned))
+        for layer, expert in pinned:
+            self.slots.fill(self.cache.slot_of[(layer, expert)], self._expert_bytes(layer, expert))
+        self.misses = MissStats()
+        self.trace: list[np.ndarray] = []  # per call: int [tokens, layers, top_k]
+        self._routes: list[np.ndarray] = []
+
+    def keeps_in_ram(self, name: str) -> bool:
+        return any(name.endswith(f".{proj}.weight") for proj in PROJECTIONS)
+
+    def keep_in_ram(self, name: str, tensor, qtype: str, shape: tuple) -> None:
+        from gguf import GGMLQuantizationType as T
+
+        from localcoder.cuda.blocks import GROUP, TYPE_IDS
+        from localcoder.weights import Weight
+
+        if qtype not in TYPE_IDS or shape[-1] % GROUP:
+            raise UserError(f"{name} is {qtype} with {shape[-1]} columns: the hybrid runtime's expert slots run "
+                            f"{', '.join(TYPE_IDS)} rows of whole {GROUP}-value groups")
+        self.in_ram[name] = Weight(name, tensor.data, T[qtype], shape, int8_activations=False)
+
+    def plan(self) -> list[tuple[str, str]]:
+        """Where everything is, as (what, where and how much) rows for a printed table."""
+        gib = 1 << 30
+        on_device = sum(w.nbytes for w in self.w.values())
+        in_ram = sum(w.nbytes for w in self.in_ram.values())
+        per_expert = sum(self.slots.expert_bytes.values())
+        total = self.args.n_layer * self.args.n_expert
+        return [("attention, DeltaNet, shared experts, router, embedding, output", f"{self.devices[0]}: "
+                 f"{on_device / gib:.2f} GiB"),
+                ("routed experts", f"RAM (memory-mapped): {in_ram / gib:.2f} GiB, {total} experts of "
+                 f"{per_expert / (1 << 20):.2f} MiB"),
+                ("expert cache", f"{self.devices[0]}: {self.slots.n_slots} slots ({self.slots.n_slots / total:.0%} "
+                 f"of the experts), {self.slots.nbytes / gib:.2f} GiB"),
+                ("misses", f"CPU at {self.costs.ram_gbs:.0f} GB/s or PCIe at {self.costs.pcie_gbs:.0f} GB/s, "
+                 "whichever is faster per expert")]
+
+    def forward(self, state, tokens, pos, all_logits):
+        self._routes = []
+        logits = super().forward(state, tokens, pos, all_logits)
+        if sum(len(t) for t in self.trace) < MAX_TRACE_TOKENS:
+            self.trace.append(np.stack(self._routes, axis=1))
+        self.cache.tick()
+        return logits
+
+    def routed(self, x, w, p, top, weights) -> torch.Tensor:
+        layer = int(p.split(".")[1])
+        chosen = top.cpu().numpy()
+        self._routes.append(chosen)
+        uses = Counter(chosen.reshape(-1).tolist())
+        hits, misses = self.cache.lookup(layer, uses)
+        resident, streamed, on_cpu = dict(hits), [], []
+        for e in misses:
+            admitted = self.cache.admit(layer, e)
+            if admitted is not None:
+                self.slots.fill(admitted[0], self._expert_bytes(layer, e))
+                resident[e] = admitted[0]
+            elif self.costs.on_cpu(uses[e], self._bytes_per_expert(layer), self._macs_per_expert(layer)):
+                on_cpu.append(e)
+            else:
+                streamed.append(e)
+        out = self._on_device(x, p, chosen, weights, resident, self.slots)
+        if streamed:
+            scratch = ExpertSlots(self.devices[0], len(streamed), self.slots.expert_bytes, self.slots.staging)
+            for slot, e in enumerate(streamed):
+                scratch.fill(slot, self._expert_bytes(layer, e))
+            out = out + self._on_device(x, p, chosen, weights, dict(zip(streamed, range(len(streamed)))), scratch)
+            self.misses.streamed_experts += len(streamed)
+            self.misses.streamed_bytes += scratch.bytes_copied
+        if on_cpu:
+            out = out + torch.from_numpy(self._on_cpu(x, p, chosen, weights, on_cpu)).to(x.device)
+            self.misses.cpu_experts += len(on_cpu)
+        return out
+
+    def _on_device(self, x, p, chosen, weights, slot_of: dict[int, int], slots: ExpertSlots) -> torch.Tensor:
+        """The weighted sum over the (token, rank) pairs whose expert is in `slot_of`, from slots' views."""
+        out = torch.zeros_like(x)
+        if not slot_of:
+            return out
+        views = {proj: self._view(slots, p, proj) for proj in PROJECTIONS}
+        gate, up, down = (self.in_ram[f"{p}{proj}.weight"].qtype.name for proj in PROJECTIONS)
+        if x.shape[0] == 1:  # decode: the resident experts in one launch per projection
+            ranks = [r for r, e in enumerate(chosen[0]) if e in slot_of]
+            ids = torch.tensor([slot_of[chosen[0][r]] for r in ranks], device=x.device)
+            hidden = torch.nn.functional.silu(grouped_gemv(views["ffn_gate_exps"], gate, ids, x[0])) * \
+                grouped_gemv(views["ffn_up_exps"], up, ids, x[0])
+            y = grouped_gemv(views["ffn_down_exps"], down, ids, hidden)
+            return (weights[0, ranks][:, None] * y).sum(dim=0, keepdim=True)
+        for e, slot in slot_of.items():
+            tokens, ranks = np.nonzero(chosen == e)
+            t = torch.from_numpy(tokens).to(x.device)
+            w_gate, w_up, w_down = (dequantize(views[proj][slot], qtype, cols) for proj, qtype, cols in
+                                    zip(PROJECTIONS, (gate, up, down), self._cols(p)))
+            hidden = torch.nn.functional.silu(x[t] @ w_gate.T) * (x[t] @ w_up.T)
+            out.index_add_(0, t, weights[t, torch.from_numpy(ranks).to(x.device)][:, None] * (hidden @ w_down.T))
+        return out
+
+    def _on_cpu(self, x, p, chosen, weights, experts: list[int]) -> np.ndarray:
+        """The same sum for experts computed on the CPU from the mapped file (float32 activations)."""
+        tokens, ranks = np.nonzero(np.isin(chosen, experts))
+        order = np.argsort(chosen[tokens, ranks], kind="stable")
+        tokens, ranks = tokens[order], ranks[order]
+        ids, first = np.unique(chosen[tokens, ranks], return_index=True)
+        starts = np.append(first, len(tokens))
+        xh = x.cpu().numpy()
+        gate = self.in_ram[p + "ffn_gate_exps.weight"].grouped_matmul(xh, ids, starts, tokens)
+        up = self.in_ram[p + "ffn_up_exps.weight"].grouped_matmul(xh, ids, starts, tokens)
+        hidden = gate / (1 + np.exp(-gate)) * up
+        down = self.in_ram[p + "ffn_down_exps.weight"].grouped_matmul(hidden, ids, starts, np.arange(len(tokens)))
+        out = np.zeros(xh.shape, np.float32)
+        np.add.at(out, tokens, down * weights.cpu().numpy()[tokens, ranks][:, None])
+        return out
+
+    def _view(self, slots: ExpertSlots, p: str, proj: str) -> torch.Tensor:
+        raw = self.in_ram[f"{p}{proj}.weight"].raw
+        return slots.view(proj, raw.shape[1], raw[0, 0].nbytes)
+
+    def _cols(self, p: str) -> list[int]:
+        return [self.in_ram[f"{p}{proj}.weight"].cols for proj in PROJECTIONS]
+
+    def _expert_bytes(self, layer: int, expert: int) -> dict[str, np.ndarray]:
+        return {proj: self.in_ram[f"blk.{layer}.{proj}.weight"].raw[expert] for proj in PROJECTIONS}
+
+    def _bytes_per_expert(self, layer: int) -> int:
+        return sum(self.in_ram[f"blk.{layer}.{proj}.weight"].raw[0].nbytes for proj in PROJECTIONS)
+
+    def _macs_per_expert(self, layer: int) -> int:
+        return sum(int(np.prod(self.in_ram[f"blk.{layer}.{proj}.weight"].shape[1:])) for proj in PROJECTIONS)
+
+    def router_trace(self) -> np.ndarray:
+        """int [tokens, layers, top_k]: the experts each layer chose for every token run so far (simulate.py)."""
+        return np.concatenate(self.trace) if self.trace else np.zeros((0, self.args.n_layer, self.args.n_expert_used),
+                                                                        np.int64)
