@@ -277,7 +277,9 @@ def run(
                                            help="Longest conversation in tokens (default: the model's, at most 32768)."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="CPU threads (default: all)."),
     engine: str = typer.Option("localcoder", "--engine", help="localcoder (CPU runtime) or llamacpp (llama-cpp-python)."),
-    backend: str = typer.Option("cpu", "--backend", help="localcoder's backend: cpu, or cuda (the first GPU; layers split over every GPU when one is too small)."),
+    backend: str = typer.Option("cpu", "--backend", help="localcoder's backend: cpu; cuda (the first GPU; layers split over every GPU when one is too small); hybrid (routed experts in RAM, a VRAM cache of them)."),
+    expert_cache: float = typer.Option(8.0, "--expert-cache", min=0,
+                                       help="GiB of VRAM for the hybrid backend's expert cache."),
 ) -> None:
     """Chat with a model, streaming text, with prompt and generation speed at the end."""
     from localcoder.server.launch import load_model
@@ -287,8 +289,9 @@ def run(
                    frequency_penalty=frequency_penalty, seed=seed)
     from localcoder.hub import resolve_model
 
+    hybrid = {"expert_cache_gib": expert_cache} if backend == "hybrid" else {}
     model = load_model(resolve_model(str(model_path), need_gguf=True), engine, backend, n_ctx=ctx_size,
-                       threads=threads)
+                       threads=threads, **hybrid)
     messages = [{"role": "system", "content": system}] if system else []
     session = model.new_session()
     if prompt is not None:
@@ -326,18 +329,21 @@ def serve(
                                                                   "a .toml file, or auto (`localcoder bench`'s pick)."),
     engine: Optional[str] = typer.Option(None, "--engine", help="localcoder (CPU runtime, the default) or llamacpp "
                                                                 "(llama-cpp-python computes the logits)."),
-    backend: str = typer.Option("cpu", "--backend", help="localcoder's backend: cpu, or cuda (the first GPU; layers split over every GPU when one is too small)."),
+    backend: str = typer.Option("cpu", "--backend", help="localcoder's backend: cpu; cuda (the first GPU; layers split over every GPU when one is too small); hybrid (routed experts in RAM, a VRAM cache of them)."),
+    expert_cache: float = typer.Option(8.0, "--expert-cache", min=0,
+                                       help="GiB of VRAM for the hybrid backend's expert cache."),
 ) -> None:
     """Serve a model to coding agents: OpenAI (/v1/chat/completions, /v1/completions, /v1/models) and Anthropic
     (/v1/messages) APIs with streaming, tool calls and prefix reuse across turns. Options given explicitly win
     over the profile's."""
     from localcoder.hub import resolve_model
-    from localcoder.profiles import cuda_devices
+    from localcoder.profiles import backend_options
     from localcoder.server.launch import apply_profile, load_engine, serve_forever
 
     if model_path is not None:
         model_path = resolve_model(str(model_path), need_gguf=True)
-    n_batch, n_gpu_layers, gpus = 512, 0, None
+    n_batch, n_gpu_layers = 512, 0
+    backend_extra = {"expert_cache_gib": expert_cache} if backend == "hybrid" else {}
     if profile is not None:
         chosen, why = apply_profile(profile, model_path)
         err.print(f"[dim]profile {chosen.name}: {why}[/]", soft_wrap=True, highlight=False)
@@ -346,11 +352,12 @@ def serve(
         n_batch = chosen.batch
         engine = engine or chosen.engine
         n_gpu_layers = -1 if chosen.devices == ["gpu"] else 0  # llama.cpp: every layer on the accelerator
-        if engine == "localcoder" and cuda_devices(chosen) and backend == "cpu":
-            backend, gpus = "cuda", cuda_devices(chosen)  # localcoder's CUDA backend on the profile's GPUs
+        if engine == "localcoder" and backend == "cpu":  # the profile's GPUs, through the CUDA or hybrid runtime
+            backend_extra = backend_options(chosen)
+            backend = backend_extra.pop("backend")
     server_engine, name = load_engine(model_path, ctx, threads, 2.0 if cache_ram is None else cache_ram, max_queue,
                                       n_batch=n_batch, clamp_ctx=profile is not None, engine=engine or "localcoder",
-                                      n_gpu_layers=n_gpu_layers, backend=backend, gpus=gpus)
+                                      n_gpu_layers=n_gpu_layers, backend=backend, backend_options=backend_extra)
     echo = lambda text: out.print(text, soft_wrap=True, highlight=False)  # noqa: E731
     serve_forever(server_engine, name, host, port, api_key, max_body << 20, echo)
 
@@ -465,6 +472,51 @@ def profiles_show(name: str = typer.Argument(..., help="A profile name (see `pro
     out.print(plan)
     needs = ", ".join(f"{d}: {n / 2**30:.1f} GiB" for d, n in memory_needs(p, fp).items())
     out.print(f"memory with the KV cache for {p.context:,} tokens, buffers and caches: {needs}", highlight=False)
+
+
+@app.command("cache-sim")
+@user_errors
+def cache_sim(
+    trace: Optional[Path] = typer.Option(None, "--trace", help="A router trace (.npy, int [tokens, layers, top_k]) "
+                                         "recorded by the hybrid runtime; default: a synthetic one."),
+    experts: int = typer.Option(512, "--experts", min=1, help="Routed experts per layer."),
+    layers: int = typer.Option(48, "--layers", min=1, help="Layers of a synthetic trace."),
+    top_k: int = typer.Option(10, "--top-k", min=1, help="Experts per token of a synthetic trace."),
+    steps: int = typer.Option(300, "--steps", min=1, help="Tokens of a synthetic trace."),
+    skew: float = typer.Option(1.0, "--skew", min=0, help="Zipf exponent of expert popularity (0: uniform)."),
+    locality: float = typer.Option(0.3, "--locality", min=0, max=0.99,
+                                   help="Chance a token repeats the previous token's expert."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Replay a router trace against expert-cache policies: hit rate against cache size (frequency-keyed, LRU, LFU,
+    llama.cpp's static --n-cpu-moe split)."""
+    import numpy as np
+    from rich.table import Table
+
+    from localcoder.hybrid.simulate import POLICIES, hit_rate_table, synthetic_trace
+
+    if trace is not None:
+        try:
+            routes = np.load(trace)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read the trace {trace}: {e}")
+        if routes.ndim != 3 or routes.dtype.kind not in "iu" or routes.size == 0 or routes.max() >= experts:
+            raise UserError(f"{trace} is not a router trace (integers: tokens x layers x top-k, experts below {experts})")
+        source = f"{trace} ({routes.shape[0]} tokens)"
+    else:
+        if top_k > experts:
+            raise UserError(f"--top-k {top_k} is more than --experts {experts}")
+        with err.status("making a synthetic trace"):
+            routes = synthetic_trace(steps, layers, experts, top_k, skew, locality, seed)
+        source = f"synthetic: {steps} tokens, skew {skew}, locality {locality}"
+    with err.status("replaying"):
+        rows = hit_rate_table(routes, experts)
+    table = Table(title=f"expert cache hit rate, {source}", title_justify="left")
+    for column in ("cache (share of experts)", "slots", *POLICIES):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(f"{row['fraction']:.0%}", str(row["slots"]), *(f"{row[p]:.1%}" for p in POLICIES))
+    out.print(table)
 
 
 @app.command()

@@ -21,7 +21,7 @@ import numpy as np
 from localcoder.costmodel import Calibration, Footprint, KernelCost, Prediction, predict, recommend
 from localcoder.errors import UserError
 from localcoder.hardware import Machine, probe
-from localcoder.profiles import Profile, not_built, shipped_profiles
+from localcoder.profiles import Profile, backend_options, not_built, shipped_profiles
 
 KERNEL_SHAPE = (2048, 2048)  # rows, cols of the synthetic matrices (a Qwen3-Coder-Next projection's size)
 STREAM_BYTES = 256 << 20  # larger than any CPU cache
@@ -328,7 +328,9 @@ def measure(path, profile: Profile, prompt: int, generate: int, threads: int, en
     from localcoder.server.launch import load_model
 
     engine = engine or profile.engine
-    model = load_model(path, engine, n_ctx=prompt + generate + 8, n_batch=profile.batch, threads=threads)
+    options = backend_options(profile) if engine == "localcoder" else {"backend": "cpu"}
+    model = load_model(path, engine, options.pop("backend"), n_ctx=prompt + generate + 8, n_batch=profile.batch,
+                       threads=threads, **options)
     ids = random_prompt(model.args.vocab, prompt + generate)
     warm = model.new_session()  # the page cache and both kernel paths (prompt chunks, single tokens)
     warm.feed(ids[:16])

@@ -242,13 +242,42 @@ def not_built(profile: Profile) -> str | None:
             return "the llama.cpp engine needs llama-cpp-python (pip install 'localcoder[llamacpp]')"
         return None
     cuda = cuda_devices(profile)
-    if cuda and profile.expert_cache_gib:
-        return "localcoder's hybrid expert cache (experts in RAM, streamed to VRAM) is not built yet"
     if cuda and "cpu" in profile.devices:
-        return "localcoder's CUDA backend keeps every weight on the GPUs; CPU placement is not built yet"
+        if len(cuda) > 1 or not hybrid_placement(profile):
+            return ("localcoder runs CPU placement only as the hybrid runtime: routed experts (and optionally the "
+                    "embedding) in RAM, everything else on one GPU")
     if cuda and not all(importlib.util.find_spec(m) for m in ("torch", "triton")):
         return "localcoder's CUDA backend needs torch with CUDA (pip install 'localcoder[cuda]')"
     return None
+
+
+def hybrid_placement(profile: Profile, n_layer: int = 48) -> bool:
+    """Whether the profile puts exactly the routed experts (and perhaps the embedding) in RAM and every other
+    tensor on the GPU: what the hybrid runtime runs."""
+    kinds = ("attn_qkv", "attn_q", "ssm_out", "ffn_gate_inp", "ffn_up_shexp", "ffn_gate_exps", "ffn_up_exps",
+             "ffn_down_exps")
+    for i in range(n_layer):
+        for kind in kinds:
+            in_ram = profile.device_of(f"blk.{i}.{kind}.weight", i) == "cpu"
+            if in_ram != kind.endswith("_exps"):
+                return False
+    return profile.device_of("output.weight", None) != "cpu"
+
+
+def embedding_in_ram(profile: Profile) -> bool:
+    return profile.device_of("token_embd.weight", None) == "cpu"
+
+
+def backend_options(profile: Profile) -> dict:
+    """How localcoder's own engine runs a profile, as Model.load's options: the CPU runtime; the CUDA backend on
+    the profile's GPUs; or, with weights in RAM, the hybrid runtime with the profile's expert cache."""
+    cuda = cuda_devices(profile)
+    if not cuda:
+        return {"backend": "cpu"}
+    if "cpu" in profile.devices:
+        return {"backend": "hybrid", "gpus": cuda, "expert_cache_gib": profile.expert_cache_gib,
+                "embedding_in_ram": embedding_in_ram(profile)}
+    return {"backend": "cuda", "gpus": cuda}
 
 
 def cuda_devices(profile: Profile) -> list[str]:

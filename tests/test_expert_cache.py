@@ -96,3 +96,20 @@ def test_synthetic_traces_have_distinct_experts_and_locality():
     assert all(len(set(trace[s, layer])) == 4 for s in range(200) for layer in range(2))
     repeated = np.mean([len(set(trace[s, 0]) & set(trace[s - 1, 0])) for s in range(1, 200)])
     assert repeated > 2.5  # ~0.8 of 4 slots kept, plus chance
+
+
+def test_cache_sim_command_prints_hit_rates_and_refuses_bad_traces(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    runner = CliRunner()
+    done = runner.invoke(app, ["cache-sim", "--steps", "30", "--layers", "4", "--experts", "32", "--top-k", "4"])
+    assert done.exit_code == 0, done.output
+    assert all(word in done.output for word in ("frequency", "lru", "lfu", "static", "25%"))
+    np.save(tmp_path / "trace.npy", synthetic_trace(20, 4, 32, 4))
+    done = runner.invoke(app, ["cache-sim", "--trace", str(tmp_path / "trace.npy"), "--experts", "32"])
+    assert done.exit_code == 0 and "20 tokens" in done.output, done.output
+    np.save(tmp_path / "bad.npy", np.zeros((3, 3)))
+    done = runner.invoke(app, ["cache-sim", "--trace", str(tmp_path / "bad.npy")])
+    assert done.exit_code == 1 and "is not a router trace" in done.output

@@ -67,9 +67,9 @@ def test_logits_are_the_same_at_every_budget(model_file, expected, slots, costs)
         assert misses == 0 and sum(s.evictions for s in stats) == 0
 
 
-def test_pinned_experts_are_resident_and_traces_are_recorded(model_file, expected):
+def test_pinned_experts_embedding_in_ram_and_traces(model_file, expected):
     pinned = [(layer, e) for layer in range(4) for e in range(3)]
-    model = HybridModel(model_file, DEVICE, 12 * 300_000, pinned=pinned, exact=True)
+    model = HybridModel(model_file, DEVICE, 12 * 300_000, pinned=pinned, exact=True, embedding_in_ram=True)
     assert model.slots.bytes_copied == sum(model._bytes_per_expert(layer) * 3 for layer in range(4))
     assert_same(run(model), expected)
     assert all(key in model.cache.slot_of for key in pinned)
@@ -80,5 +80,30 @@ def test_pinned_experts_are_resident_and_traces_are_recorded(model_file, expecte
         len(np.unique(trace[:len(PROMPT), layer])) + sum(1 for _ in trace[len(PROMPT):, layer].reshape(-1))
         for layer in range(4))
     assert 0 <= replay(trace, "frequency", 16, 32) <= 1
-    assert [what for what, _ in model.plan()] == ["attention, DeltaNet, shared experts, router, embedding, output",
-                                                   "routed experts", "expert cache", "misses"]
+    assert [what for what, _ in model.plan()] == ["attention, DeltaNet, shared experts, router, output",
+                                                   "routed experts", "expert cache", "misses", "token embedding"]
+    assert "token_embd.weight" not in model.w
+
+
+def test_metrics_report_the_cache_per_layer(model_file):
+    from localcoder.server.app import expert_cache_lines
+
+    model = HybridModel(model_file, DEVICE, 4 * 300_000, costs=CPU_ONLY, exact=True)
+    model.new_session().feed(PROMPT)
+    text = "\n".join(expert_cache_lines(model))
+    for layer in range(4):
+        stats = model.cache.stats[layer]
+        assert f'localcoder_expert_cache_hits_total{{layer="{layer}"}} {stats.hits}' in text
+        assert f'localcoder_expert_cache_misses_total{{layer="{layer}"}} {stats.misses}' in text
+    assert f"localcoder_expert_misses_cpu_total {model.misses.cpu_experts}" in text and model.misses.cpu_experts
+    assert f"localcoder_expert_cache_copied_bytes_total {model.slots.bytes_copied}" in text
+    assert expert_cache_lines(TorchModel.load(model_file, DEVICE)) == []
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="checks the message given where there is no GPU")
+def test_without_a_gpu_the_hybrid_backend_says_so(model_file):
+    from localcoder.errors import UserError
+    from localcoder.model import Model
+
+    with pytest.raises(UserError, match="the hybrid runtime needs a CUDA GPU"):
+        Model.load(model_file, backend="hybrid", expert_cache_gib=1)

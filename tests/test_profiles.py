@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from cli import app
 from localcoder.errors import UserError
-from localcoder.profiles import PROFILES_DIR, get_profile, load_profile, not_built, shipped_profiles
+from localcoder.profiles import (PROFILES_DIR, embedding_in_ram, get_profile, hybrid_placement, load_profile,
+                                 not_built, shipped_profiles)
 
 REQUIRED = {"m4-mac-mini-64gb", "dual-rtx-5090", "dgx-spark", "laptop-8gb", "gpu-16gb", "gpu-24gb", "cpu-only"}
 runner = CliRunner()
@@ -41,12 +42,14 @@ def test_placement_rules_put_tensors_where_the_profiles_say(tmp_path):
     assert get_profile("cpu-only").devices == ["cpu"]
     assert not_built(get_profile("cpu-only")) is None
     assert not_built(get_profile("dgx-spark")) is None  # the llama.cpp engine (llama-cpp-python is installed)
-    assert "hybrid expert cache" in not_built(get_profile("gpu-16gb"))
+    for name in ("gpu-16gb", "gpu-24gb", "laptop-8gb"):  # the hybrid runtime (torch is installed)
+        assert not_built(get_profile(name)) is None and hybrid_placement(get_profile(name)), name
+        assert embedding_in_ram(get_profile(name))
     assert not_built(get_profile("dual-rtx-5090")) is None  # the CUDA backend's layer split (torch is installed)
-    embedding_in_ram = tmp_path / "dual-rtx-5090.toml"
-    embedding_in_ram.write_text((PROFILES_DIR / "dual-rtx-5090.toml").read_text().replace(
+    ram_and_two_gpus = tmp_path / "dual-rtx-5090.toml"
+    ram_and_two_gpus.write_text((PROFILES_DIR / "dual-rtx-5090.toml").read_text().replace(
         'tensors = "token_embd"\ndevice = "cuda:0"', 'tensors = "token_embd"\ndevice = "cpu"'))
-    assert "CPU placement" in not_built(load_profile(embedding_in_ram))
+    assert "CPU placement" in not_built(load_profile(ram_and_two_gpus))  # two GPUs and RAM: not the hybrid runtime
 
 
 GOOD = (PROFILES_DIR / "gpu-16gb.toml").read_text()

@@ -55,10 +55,15 @@ def test_a_machine_too_small_for_every_profile_gets_none_and_reasons():
     assert predictions["dual-rtx-5090"].decode_tps == 0.0  # no speeds for a machine that lacks the hardware
 
 
-def test_runnable_only_skips_profiles_this_build_cannot_run():
+def test_runnable_only_skips_profiles_this_build_cannot_run(monkeypatch):
+    import importlib.util
+
     spec, _ = MACHINES["a 16 GB GPU laptop with 64 GB RAM"]
     profiles, predictions = predictions_for(Machine.from_json(spec))
-    assert recommend(profiles, predictions, runnable_only=True) == "cpu-only"
+    assert recommend(profiles, predictions, runnable_only=True) == "gpu-16gb"  # the hybrid runtime
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    assert recommend(profiles, predictions, runnable_only=True) == "cpu-only"  # a build without torch
 
 
 def test_more_vram_in_the_cache_predicts_more_hits_and_faster_decode():

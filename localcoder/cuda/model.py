@@ -114,8 +114,8 @@ class TorchModel(LanguageModel):
                 self.keep_in_ram(name, t, T(t.tensor_type).name, shape)
             else:
                 self.w[name] = DeviceWeight(np.asarray(t.data), T(t.tensor_type).name, shape, self._device_of(name))
-        self.output = self.w.get("output.weight", self.w["token_embd.weight"])
-        if self.output.device != self.devices[-1]:  # tied output with the embedding on another GPU
+        self.output = self.w.get("output.weight", self.w.get("token_embd.weight"))
+        if self.output is None or self.output.device != self.devices[-1]:  # tied, the embedding elsewhere
             t = tensors["token_embd.weight"]
             self.output = DeviceWeight(np.asarray(t.data), T(t.tensor_type).name, shapes["token_embd.weight"],
                                        self.devices[-1])
@@ -171,6 +171,10 @@ class TorchModel(LanguageModel):
         """float32 [n_tokens, vocab] from one prefill at position 0."""
         return self.new_session().feed(token_ids, all_logits=True)
 
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """float32 [T, H]: the embedding rows of tokens (on the first device)."""
+        return _rows(self.w["token_embd.weight"], tokens)
+
     @contextmanager
     def precision(self):
         """TF32 tensor cores for prefill products unless exact (cuBLAS's setting is process-wide: restored)."""
@@ -184,7 +188,7 @@ class TorchModel(LanguageModel):
     def forward(self, state: list[dict], tokens: torch.Tensor, pos: Positions, all_logits: bool) -> torch.Tensor:
         """Logits [T or 1, vocab] of tokens (on the first device) at `pos`; updates `state` in place."""
         a, w = self.args, self.w
-        h = _rows(w["token_embd.weight"], tokens)
+        h = self.embed(tokens)
         for i in range(a.n_layer):
             p, device = f"blk.{i}.", self.layer_devices[i]
             h = h.to(device)

@@ -58,25 +58,47 @@ class MissStats:
 
 class HybridModel(TorchModel):
     """A GGUF with its routed experts in RAM and `budget_bytes` of expert slots on `device` (see the module
-    docstring). pinned: (layer, expert) pairs kept resident (a saved router profile)."""
+    docstring). pinned: (layer, expert) pairs kept resident (a saved router profile); embedding_in_ram: look up
+    token embeddings on the CPU too (as the small-GPU profiles place them)."""
 
     def __init__(self, path: Path, device: str, budget_bytes: int, n_ctx: int | None = None,
-                 costs: MissCosts | None = None, pinned=(), decay: float = DECAY, exact: bool = False):
-        self.in_ram = {}
+                 costs: MissCosts | None = None, pinned=(), decay: float = DECAY, exact: bool = False,
+                 embedding_in_ram: bool = False):
+        self.in_ram, self.embedding_in_ram = {}, embedding_in_ram
         super().__init__(path, [device], n_ctx, graphs=False, exact=exact)
         self.costs = costs or MissCosts()
         largest = {proj: max(self.in_ram[f"blk.{i}.{proj}.weight"].raw[0].nbytes for i in range(self.args.n_layer))
                    for proj in PROJECTIONS}
         self.slots = ExpertSlots.within(self.devices[0], budget_bytes, largest, self.args.n_layer * self.args.n_expert)
         self.cache = ExpertCache(self.slots.n_slots, decay, list(pinned))
+        for layer in range(self.args.n_layer):
+            self.cache.stats[layer]  # every layer listed from the start (/metrics reads them from another thread)
         for layer, expert in pinned:
             self.slots.fill(self.cache.slot_of[(layer, expert)], self._expert_bytes(layer, expert))
         self.misses = MissStats()
         self.trace: list[np.ndarray] = []  # per call: int [tokens, layers, top_k]
         self._routes: list[np.ndarray] = []
 
+    @classmethod
+    def load(cls, path, device: str | None = None, budget_bytes: int = 0, n_ctx: int | None = None,
+             embedding_in_ram: bool = False) -> "HybridModel":
+        """Open a GGUF for the hybrid runtime on `device` (default the first GPU), with miss costs measured on
+        this machine (RAM and PCIe bandwidth)."""
+        if not torch.cuda.is_available():
+            raise UserError("the hybrid runtime needs a CUDA GPU and torch sees none (install torch with CUDA, "
+                            "or use the CPU runtime)")
+        device = device or "cuda:0"
+        costs = MissCosts.measured(torch.device(device).index or 0)
+        return cls(path, device, budget_bytes, n_ctx, costs, embedding_in_ram=embedding_in_ram)
+
     def keeps_in_ram(self, name: str) -> bool:
-        return any(name.endswith(f".{proj}.weight") for proj in PROJECTIONS)
+        return any(name.endswith(f".{proj}.weight") for proj in PROJECTIONS) or (
+            self.embedding_in_ram and name == "token_embd.weight")
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not self.embedding_in_ram:
+            return super().embed(tokens)
+        return torch.from_numpy(self.in_ram["token_embd.weight"].rows(tokens.cpu().numpy())).to(self.devices[0])
 
     def keep_in_ram(self, name: str, tensor, qtype: str, shape: tuple) -> None:
         from gguf import GGMLQuantizationType as T
@@ -84,7 +106,7 @@ class HybridModel(TorchModel):
         from localcoder.cuda.blocks import GROUP, TYPE_IDS
         from localcoder.weights import Weight
 
-        if qtype not in TYPE_IDS or shape[-1] % GROUP:
+        if name.endswith("_exps.weight") and (qtype not in TYPE_IDS or shape[-1] % GROUP):
             raise UserError(f"{name} is {qtype} with {shape[-1]} columns: the hybrid runtime's expert slots run "
                             f"{', '.join(TYPE_IDS)} rows of whole {GROUP}-value groups")
         self.in_ram[name] = Weight(name, tensor.data, T[qtype], shape, int8_activations=False)
@@ -93,17 +115,19 @@ class HybridModel(TorchModel):
         """Where everything is, as (what, where and how much) rows for a printed table."""
         gib = 1 << 30
         on_device = sum(w.nbytes for w in self.w.values())
-        in_ram = sum(w.nbytes for w in self.in_ram.values())
+        in_ram = sum(w.nbytes for name, w in self.in_ram.items() if name.endswith("_exps.weight"))
         per_expert = sum(self.slots.expert_bytes.values())
         total = self.args.n_layer * self.args.n_expert
-        return [("attention, DeltaNet, shared experts, router, embedding, output", f"{self.devices[0]}: "
-                 f"{on_device / gib:.2f} GiB"),
+        resident = "attention, DeltaNet, shared experts, router, " + ("output" if self.embedding_in_ram else
+                                                                        "embedding, output")
+        return [(resident, f"{self.devices[0]}: {on_device / gib:.2f} GiB"),
                 ("routed experts", f"RAM (memory-mapped): {in_ram / gib:.2f} GiB, {total} experts of "
                  f"{per_expert / (1 << 20):.2f} MiB"),
                 ("expert cache", f"{self.devices[0]}: {self.slots.n_slots} slots ({self.slots.n_slots / total:.0%} "
                  f"of the experts), {self.slots.nbytes / gib:.2f} GiB"),
                 ("misses", f"CPU at {self.costs.ram_gbs:.0f} GB/s or PCIe at {self.costs.pcie_gbs:.0f} GB/s, "
-                 "whichever is faster per expert")]
+                 "whichever is faster per expert")] + ([("token embedding", "RAM (memory-mapped): "
+                 f"{self.in_ram['token_embd.weight'].nbytes / gib:.2f} GiB")] if self.embedding_in_ram else [])
 
     def forward(self, state, tokens, pos, all_logits):
         self._routes = []

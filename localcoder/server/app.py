@@ -165,7 +165,28 @@ def prometheus_text(engine: Engine) -> str:
     for name, kind, help_text, value in rows:
         lines += [f"# HELP localcoder_{name} {help_text}", f"# TYPE localcoder_{name} {kind}",
                   f"localcoder_{name} {value}"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + expert_cache_lines(engine.model)) + "\n"
+
+
+def expert_cache_lines(model) -> list[str]:
+    """The hybrid runtime's expert cache per layer (hits, misses, admissions, evictions) and its miss paths."""
+    cache = getattr(model, "cache", None)
+    if cache is None:
+        return []
+    lines = []
+    for field in ("hits", "misses", "admissions", "evictions"):
+        name = f"localcoder_expert_cache_{field}_total"
+        lines += [f"# HELP {name} routed-expert lookups per layer: {field}", f"# TYPE {name} counter"]
+        lines += [f'{name}{{layer="{layer}"}} {getattr(stats, field)}' for layer, stats in list(cache.stats.items())]
+    for name, help_text, value in [
+            ("expert_cache_slots", "expert slots on the device", cache.n_slots),
+            ("expert_cache_copied_bytes_total", "bytes copied into slots", model.slots.bytes_copied),
+            ("expert_misses_cpu_total", "missed experts computed on the CPU", model.misses.cpu_experts),
+            ("expert_misses_streamed_total", "missed experts streamed to the device", model.misses.streamed_experts)]:
+        kind = "gauge" if name == "expert_cache_slots" else "counter"
+        lines += [f"# HELP localcoder_{name} {help_text}", f"# TYPE localcoder_{name} {kind}",
+                  f"localcoder_{name} {value}"]
+    return lines
 
 
 class BackgroundServer:

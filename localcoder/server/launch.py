@@ -11,11 +11,11 @@ GIB = 1 << 30
 
 def load_engine(model_path: Path | None, n_ctx: int | None, threads: int | None, cache_gib: float, max_queue: int,
                 n_batch: int = 512, clamp_ctx: bool = False, engine: str = "localcoder", n_gpu_layers: int = 0,
-                backend: str = "cpu", gpus: list[str] | None = None):
+                backend: str = "cpu", backend_options: dict | None = None):
     """(Engine, model name) for a GGUF, or for the embedded demo model when model_path is None. clamp_ctx: a
     context longer than the model was trained for (a profile's) becomes the trained length. engine: "localcoder"
-    (localcoder's runtime on `backend`, cpu or cuda; gpus: the CUDA devices to split the layers over, default
-    the first, or all when it is too small) or "llamacpp" (llama-cpp-python computes the logits; n_gpu_layers as
+    (localcoder's runtime on `backend`, cpu, cuda or hybrid, with Model.load's `backend_options`: gpus,
+    expert_cache_gib, embedding_in_ram) or "llamacpp" (llama-cpp-python computes the logits; n_gpu_layers as
     llama.cpp's -ngl)."""
     from localcoder.gguf_model import load_fields
     from localcoder.prefix_cache import PrefixCache
@@ -28,13 +28,13 @@ def load_engine(model_path: Path | None, n_ctx: int | None, threads: int | None,
         raise UserError("--cache-ram must be >= 0 GiB")
     if clamp_ctx and n_ctx is not None:
         n_ctx = min(n_ctx, int(load_fields(Path(model_path))[0].get("qwen3next.context_length", n_ctx)))
-    gpu = {"n_gpu_layers": n_gpu_layers} if engine == "llamacpp" else {"gpus": gpus} if gpus else {}
+    gpu = {"n_gpu_layers": n_gpu_layers} if engine == "llamacpp" else dict(backend_options or {})
     model = load_model(model_path, engine, backend, n_ctx=n_ctx, n_batch=n_batch, threads=threads, **gpu)
     return Engine(model, PrefixCache(int(cache_gib * GIB)), max_queue=max_queue), Path(model_path).stem
 
 
 def load_model(path: Path, engine: str = "localcoder", backend: str = "cpu", **options):
-    """A Model (localcoder's runtime on `backend`: cpu or cuda) or a LlamaCppModel for `path`."""
+    """A Model (localcoder's runtime on `backend`: cpu, cuda or hybrid) or a LlamaCppModel for `path`."""
     if engine == "llamacpp":
         from localcoder.llamacpp_engine import LlamaCppModel
         return LlamaCppModel.load(path, **options)
