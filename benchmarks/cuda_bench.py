@@ -29,14 +29,16 @@ from localcoder.synth import write_synthetic  # noqa: E402
 from quant.recipes import QWEN3_CODER_NEXT  # noqa: E402
 
 
-def model_file(layers: int) -> Path:
-    path = REPO / ".cache" / "bench" / f"real{layers}-q4km.gguf"
+def model_file(layers: int, router_skew: float = 0.0) -> Path:
+    """The real geometry with `layers` layers, random weights, Q4_K_M mix (built once under .cache/bench)."""
+    skewed = f"-skew{router_skew:g}" if router_skew else ""
+    path = REPO / ".cache" / "bench" / f"real{layers}{skewed}-q4km.gguf"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         cfg = {**QWEN3_CODER_NEXT, "num_hidden_layers": layers,
                "layer_types": ["linear_attention" if (i + 1) % 4 else "full_attention" for i in range(layers)]}
         partial = path.with_suffix(".partial")
-        write_synthetic(partial, cfg, "Q4_K_M")
+        write_synthetic(partial, cfg, "Q4_K_M", router_skew=router_skew)
         partial.rename(path)
     return path
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ class LlamaCppModel(LanguageModel):
     """A GGUF run by llama.cpp, with the runtime's interface (tokenizer, generate, new_session, n_ctx, args)."""
 
     def __init__(self, path: Path, n_ctx: int | None = None, n_batch: int = 512, threads: int | None = None,
-                 n_gpu_layers: int = 0):
+                 n_gpu_layers: int = 0, n_cpu_moe: int = 0):
         try:
             import llama_cpp
         except ImportError:
@@ -37,9 +38,10 @@ class LlamaCppModel(LanguageModel):
         self.owner: LlamaCppSession | None = None  # the session whose state the llama.cpp context holds
         threads = threads or os.cpu_count() or 1
         try:
-            self.llm = llama_cpp.Llama(str(self.path), n_ctx=self.n_ctx, n_batch=n_batch, n_ubatch=min(n_batch, 512),
-                                       n_threads=threads, n_threads_batch=threads, n_gpu_layers=n_gpu_layers,
-                                       logits_all=False, verbose=False)
+            with experts_on_cpu(min(n_cpu_moe, self.args.n_layer)):
+                self.llm = llama_cpp.Llama(str(self.path), n_ctx=self.n_ctx, n_batch=n_batch,
+                                           n_ubatch=min(n_batch, 512), n_threads=threads, n_threads_batch=threads,
+                                           n_gpu_layers=n_gpu_layers, logits_all=False, verbose=False)
         except ValueError as e:
             raise UserError(f"llama.cpp could not load {self.path}: {e}") from None
         if self.llm.n_vocab() != self.args.vocab:
@@ -47,9 +49,10 @@ class LlamaCppModel(LanguageModel):
 
     @classmethod
     def load(cls, path, n_ctx: int | None = None, n_batch: int = 512, threads: int | None = None,
-             n_gpu_layers: int = 0) -> "LlamaCppModel":
-        """Open a GGUF (any shard of a split one) in llama.cpp; n_gpu_layers as llama.cpp's -ngl."""
-        return cls(path, n_ctx, n_batch, threads, n_gpu_layers)
+             n_gpu_layers: int = 0, n_cpu_moe: int = 0) -> "LlamaCppModel":
+        """Open a GGUF (any shard of a split one) in llama.cpp; n_gpu_layers as llama.cpp's -ngl, n_cpu_moe as its
+        --n-cpu-moe (the routed experts of the first n_cpu_moe layers stay in RAM and run on the CPU)."""
+        return cls(path, n_ctx, n_batch, threads, n_gpu_layers, n_cpu_moe)
 
     def new_session(self, prefix_cache: PrefixCache | None = None) -> "LlamaCppSession":
         """A session on the model's one llama.cpp context. Sessions take turns: one that finds the context used by
@@ -59,6 +62,44 @@ class LlamaCppModel(LanguageModel):
     def logits(self, token_ids) -> np.ndarray:
         """float32 [vocab]: the logits after the last token, from an empty context."""
         return self.new_session().feed(token_ids)
+
+
+def cpu_moe_pattern(n_layers: int) -> str:
+    """llama.cpp's --n-cpu-moe as one tensor-name pattern: the routed experts of layers 0..n_layers-1."""
+    return r"blk\.(" + "|".join(str(i) for i in range(n_layers)) + r")\.ffn_(up|down|gate)_exps"
+
+
+@contextmanager
+def experts_on_cpu(n_layers: int):
+    """While llama-cpp-python loads a model inside this block, the routed experts of its first n_layers layers are
+    placed in CPU memory (llama.cpp's --n-cpu-moe). llama-cpp-python has no option for llama.cpp's tensor buffer
+    overrides, so the default model parameters it starts from get them (a NULL-terminated array of
+    {pattern, buffer type} with the CPU backend's buffer type)."""
+    if n_layers <= 0:
+        yield
+        return
+    import llama_cpp.llama as wrapper
+
+    class Override(ctypes.Structure):  # llama.h: struct llama_model_tensor_buft_override
+        _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+    library = os.path.join(os.path.dirname(wrapper.llama_cpp.__file__), "lib", "libggml-cpu.so")
+    cpu = ctypes.CDLL(library)
+    cpu.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p
+    overrides = (Override * 2)(Override(cpu_moe_pattern(n_layers).encode(), cpu.ggml_backend_cpu_buffer_type()),
+                               Override(None, None))
+    default = wrapper.llama_cpp.llama_model_default_params
+
+    def with_overrides():
+        params = default()
+        params.tensor_buft_overrides = ctypes.cast(overrides, ctypes.c_void_p)
+        return params
+
+    wrapper.llama_cpp.llama_model_default_params = with_overrides
+    try:
+        yield
+    finally:
+        wrapper.llama_cpp.llama_model_default_params = default
 
 
 class LlamaCppSession(PrefixReuse):

@@ -67,8 +67,17 @@ def tensor_bytes(name: str, shape: tuple[int, ...], qtype: T, rng: np.random.Gen
     return values if qtype == T.F32 else quantize(values.reshape(-1, shape[-1]), qtype)
 
 
-def write_synthetic(path, cfg: dict, file_type: str = "Q4_K_M", seed: int = 0, show_progress: bool = True) -> None:
-    """A complete random-weights Qwen3-Next GGUF at `cfg`'s geometry, in llama.cpp's `file_type` mix or a recipe."""
+def skewed_router(values: np.ndarray, skew: float, rng: np.random.Generator) -> np.ndarray:
+    """Router rows [experts, hidden] scaled so that routing is skewed: expert of popularity rank r (a random order
+    per layer) gets its row times 1 + skew / r, so its logits spread wider and it lands in the top-k more often."""
+    scale = 1.0 + skew / (1.0 + rng.permutation(values.shape[0]))
+    return (values * scale[:, None]).astype(np.float32)
+
+
+def write_synthetic(path, cfg: dict, file_type: str = "Q4_K_M", seed: int = 0, show_progress: bool = True,
+                    router_skew: float = 0.0) -> None:
+    """A complete random-weights Qwen3-Next GGUF at `cfg`'s geometry, in llama.cpp's `file_type` mix or a recipe.
+    router_skew > 0 makes some experts popular (skewed_router), as trained routers are; 0 routes about uniformly."""
     fields, reader = load_fields(ensure_demo_gguf("F32", show_progress=show_progress))
     shapes = gguf_tensor_shapes(cfg)  # name -> ne (GGML order)
     model = ModelShape(cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["num_experts"],
@@ -92,7 +101,12 @@ def write_synthetic(path, cfg: dict, file_type: str = "Q4_K_M", seed: int = 0, s
     with item_progress("random tensors", len(names), len(names), show_progress, count_bytes=False) as progress:
         for name in names:
             progress.start(name)
-            data = tensor_bytes(name, tuple(reversed(shapes[name])), types[name], rng)
+            shape = tuple(reversed(shapes[name]))
+            if router_skew and name.endswith("ffn_gate_inp.weight"):
+                values = skewed_router(random_values(name, shape, rng), router_skew, rng)
+                data = values if types[name] == T.F32 else quantize(values, types[name])
+            else:
+                data = tensor_bytes(name, shape, types[name], rng)
             writer.add_tensor(name, data, raw_dtype=types[name] if types[name] != T.F32 else None)
             progress.advance(1)
     writer.write_header_to_file()

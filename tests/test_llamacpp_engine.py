@@ -68,3 +68,30 @@ def test_run_with_the_llama_cpp_engine():
     assert done.exit_code == 0, done.output
     bad = CliRunner().invoke(app, ["run", str(ensure_demo_gguf()), "hi", "--engine", "vllm"])
     assert bad.exit_code == 1 and "choose localcoder or llamacpp" in bad.output
+
+
+def test_n_cpu_moe_places_the_first_layers_experts_in_ram():
+    """llama.cpp logs each tensor its buffer overrides move; the logits do not change."""
+    import ctypes
+
+    import llama_cpp
+    import llama_cpp._logger as default_logging
+
+    from localcoder.llamacpp_engine import LlamaCppModel, cpu_moe_pattern
+
+    messages = []
+
+    @llama_cpp.llama_log_callback
+    def capture(level, text, user_data):
+        messages.append(text.decode(errors="replace"))
+
+    llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
+    try:
+        split = LlamaCppModel.load(ensure_demo_gguf(), n_ctx=256, threads=2, n_cpu_moe=2)
+    finally:
+        llama_cpp.llama_log_set(default_logging.llama_log_callback, ctypes.c_void_p(0))
+    moved = sorted(m.split()[1] for m in messages if "buffer type overridden to CPU" in m)
+    assert moved == [f"blk.{i}.ffn_{p}_exps.weight" for i in (0, 1) for p in ("down", "gate", "up")]
+    plain = LlamaCppModel.load(ensure_demo_gguf(), n_ctx=256, threads=2)
+    np.testing.assert_array_equal(split.logits(PROMPT), plain.logits(PROMPT))
+    assert cpu_moe_pattern(3) == r"blk\.(0|1|2)\.ffn_(up|down|gate)_exps"
