@@ -332,6 +332,9 @@ def serve(
     backend: str = typer.Option("cpu", "--backend", help="localcoder's backend: cpu; cuda (the first GPU; layers split over every GPU when one is too small); hybrid (routed experts in RAM, a VRAM cache of them)."),
     expert_cache: float = typer.Option(8.0, "--expert-cache", min=0,
                                        help="GiB of VRAM for the hybrid backend's expert cache."),
+    router_trace: Optional[Path] = typer.Option(None, "--router-trace",
+                                                help="Hybrid backend: pin the hottest experts of this saved router "
+                                                     "trace, and add this run's routing to it on exit."),
 ) -> None:
     """Serve a model to coding agents: OpenAI (/v1/chat/completions, /v1/completions, /v1/models) and Anthropic
     (/v1/messages) APIs with streaming, tool calls and prefix reuse across turns. Options given explicitly win
@@ -355,11 +358,20 @@ def serve(
         if engine == "localcoder" and backend == "cpu":  # the profile's GPUs, through the CUDA or hybrid runtime
             backend_extra = backend_options(chosen)
             backend = backend_extra.pop("backend")
+    if router_trace is not None:
+        if backend != "hybrid":
+            raise UserError("--router-trace needs the hybrid backend (--backend hybrid or a hybrid profile)")
+        backend_extra["router_trace"] = router_trace
     server_engine, name = load_engine(model_path, ctx, threads, 2.0 if cache_ram is None else cache_ram, max_queue,
                                       n_batch=n_batch, clamp_ctx=profile is not None, engine=engine or "localcoder",
                                       n_gpu_layers=n_gpu_layers, backend=backend, backend_options=backend_extra)
     echo = lambda text: out.print(text, soft_wrap=True, highlight=False)  # noqa: E731
-    serve_forever(server_engine, name, host, port, api_key, max_body << 20, echo)
+    try:
+        serve_forever(server_engine, name, host, port, api_key, max_body << 20, echo)
+    finally:
+        if router_trace is not None:
+            server_engine.model.save_trace(router_trace)
+            err.print(f"[dim]router trace saved to {router_trace}[/]", highlight=False)
 
 
 @app.command()
@@ -490,18 +502,12 @@ def cache_sim(
 ) -> None:
     """Replay a router trace against expert-cache policies: hit rate against cache size (frequency-keyed, LRU, LFU,
     llama.cpp's static --n-cpu-moe split)."""
-    import numpy as np
     from rich.table import Table
 
-    from localcoder.hybrid.simulate import POLICIES, hit_rate_table, synthetic_trace
+    from localcoder.hybrid.simulate import POLICIES, hit_rate_table, load_trace, synthetic_trace
 
     if trace is not None:
-        try:
-            routes = np.load(trace)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read the trace {trace}: {e}")
-        if routes.ndim != 3 or routes.dtype.kind not in "iu" or routes.size == 0 or routes.max() >= experts:
-            raise UserError(f"{trace} is not a router trace (integers: tokens x layers x top-k, experts below {experts})")
+        routes = load_trace(trace, experts)
         source = f"{trace} ({routes.shape[0]} tokens)"
     else:
         if top_k > experts:

@@ -44,6 +44,7 @@ class Measured:
     decode_tps: float
     prompt: int
     generated: int
+    expert_hit_rate: float | None = None  # the hybrid runtime's expert cache over the decode steps
 
 
 @dataclass
@@ -337,17 +338,31 @@ def measure(path, profile: Profile, prompt: int, generate: int, threads: int, en
     for t in ids[16:20]:
         warm.feed([int(t)])
     best_prefill = best_decode = float("inf")
+    hits = lookups = 0
     for _ in range(repeats):
         session = model.new_session()
         t0 = time.perf_counter()
         session.feed(ids[:prompt])
         t1 = time.perf_counter()
+        before = expert_lookups(model)
         for t in ids[prompt:]:
             session.feed([int(t)])
         t2 = time.perf_counter()
+        after = expert_lookups(model)
+        hits, lookups = hits + after[0] - before[0], lookups + after[1] - before[1]
         best_prefill, best_decode = min(best_prefill, t1 - t0), min(best_decode, t2 - t1)
     name = "llama.cpp" if engine == "llamacpp" else "localcoder"
-    return Measured(name, prompt / best_prefill, generate / best_decode, prompt, generate)
+    hit_rate = hits / lookups if lookups else None
+    return Measured(name, prompt / best_prefill, generate / best_decode, prompt, generate, hit_rate)
+
+
+def expert_lookups(model) -> tuple[int, int]:
+    """(hits, lookups) of the hybrid runtime's expert cache so far; (0, 0) for other engines."""
+    cache = getattr(model, "cache", None)
+    if cache is None:
+        return 0, 0
+    stats = list(cache.stats.values())
+    return sum(s.hits for s in stats), sum(s.hits + s.misses for s in stats)
 
 
 def machine_key(machine: Machine) -> dict:
@@ -429,7 +444,9 @@ def report_table(report: BenchReport):
             row += [f"{r.model.decode_tps:,.1f}" if r.model.decode_tps else "—",
                     f"{measured:,.1f}" if measured else "—", f"{llama:,.1f}" if llama else "—",
                     f"{measured / llama:.2f}x" if measured and llama else "—"]
-        row.append((r.model or p).reason or r.runnable or "")
+        hit_rate = r.measured.expert_hit_rate if r.measured else None
+        note = (r.model or p).reason or r.runnable or ""
+        row.append(note or (f"expert cache hit rate {hit_rate:.0%}" if hit_rate is not None else ""))
         table.add_row(*row)
     return table
 

@@ -28,3 +28,12 @@ def test_too_large_models_are_refused_with_sizes():
         split_layers([GIB] * 3, [GIB, GIB])
     with pytest.raises(UserError, match=r"GPU 1 would hold 3\.0 GiB of layers but has 2\.0 GiB free"):
         split_layers([3 * GIB], [2 * GIB, 2 * GIB])  # one layer larger than either GPU
+
+
+def test_gpu_out_of_memory_while_loading_is_a_clear_error():
+    torch = pytest.importorskip("torch")
+    from localcoder.cuda.model import out_of_memory_as_user_error
+
+    with pytest.raises(UserError, match=r"the weights do not fit in GPU memory \(.* GiB free now\)"):
+        with out_of_memory_as_user_error("the weights"):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

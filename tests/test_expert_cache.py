@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from localcoder.hybrid.policy import ExpertCache
-from localcoder.hybrid.simulate import hit_rate_table, replay, synthetic_trace
+from localcoder.errors import UserError
+from localcoder.hybrid.simulate import hit_rate_table, hottest, load_trace, replay, save_trace, synthetic_trace
 
 
 def step(cache: ExpertCache, layer: int, experts: list[int]) -> tuple[dict, list]:
@@ -113,3 +114,18 @@ def test_cache_sim_command_prints_hit_rates_and_refuses_bad_traces(tmp_path):
     np.save(tmp_path / "bad.npy", np.zeros((3, 3)))
     done = runner.invoke(app, ["cache-sim", "--trace", str(tmp_path / "bad.npy")])
     assert done.exit_code == 1 and "is not a router trace" in done.output
+
+
+def test_hottest_experts_and_saved_traces(tmp_path):
+    trace = np.array([[[1, 2], [5, 6]], [[1, 3], [5, 7]], [[1, 2], [5, 4]]])  # [tokens, layers, top_k]
+    assert set(hottest(trace, 2)) == {(0, 1), (1, 5)}  # three uses each; the rest at most two
+    path = tmp_path / "trace.npy"
+    save_trace(path, trace)
+    save_trace(path, trace[:1])
+    assert np.array_equal(load_trace(path), np.concatenate([trace, trace[:1]]))
+    assert not (tmp_path / "trace.npy.partial").exists()
+    with pytest.raises(UserError, match="experts below 4"):
+        load_trace(path, n_expert=4)
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    with pytest.raises(UserError, match="cannot read the router trace"):
+        load_trace(tmp_path / "junk.npy")

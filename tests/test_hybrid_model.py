@@ -11,7 +11,7 @@ import pytest
 from cuda_setup import DEVICE  # first: sets up the interpreter where there is no GPU
 from localcoder.cuda.model import TorchModel
 from localcoder.hybrid.model import HybridModel, MissCosts
-from localcoder.hybrid.simulate import replay
+from localcoder.hybrid.simulate import hottest, load_trace, replay
 
 PROMPT, DECODE = [3, 17, 99], [250, 7]
 CPU_ONLY = MissCosts(pcie_gbs=1e-6)  # copying is hopeless: every miss computed on the CPU
@@ -67,7 +67,7 @@ def test_logits_are_the_same_at_every_budget(model_file, expected, slots, costs)
         assert misses == 0 and sum(s.evictions for s in stats) == 0
 
 
-def test_pinned_experts_embedding_in_ram_and_traces(model_file, expected):
+def test_pinned_experts_embedding_in_ram_and_traces(model_file, expected, tmp_path):
     pinned = [(layer, e) for layer in range(4) for e in range(3)]
     model = HybridModel(model_file, DEVICE, 12 * 300_000, pinned=pinned, exact=True, embedding_in_ram=True)
     assert model.slots.bytes_copied == sum(model._bytes_per_expert(layer) * 3 for layer in range(4))
@@ -80,6 +80,12 @@ def test_pinned_experts_embedding_in_ram_and_traces(model_file, expected):
         len(np.unique(trace[:len(PROMPT), layer])) + sum(1 for _ in trace[len(PROMPT):, layer].reshape(-1))
         for layer in range(4))
     assert 0 <= replay(trace, "frequency", 16, 32) <= 1
+    saved = tmp_path / "router.npy"
+    model.save_trace(saved)
+    model.save_trace(saved)  # a second run adds its tokens
+    assert np.array_equal(load_trace(saved), np.concatenate([trace, trace]))
+    repinned = HybridModel(model_file, DEVICE, 8 * 300_000, pin_from=load_trace(saved))
+    assert sorted(repinned.cache.pinned) == sorted(hottest(trace, repinned.slots.n_slots // 2))
     assert [what for what, _ in model.plan()] == ["attention, DeltaNet, shared experts, router, output",
                                                    "routed experts", "expert cache", "misses", "token embedding"]
     assert "token_embd.weight" not in model.w

@@ -79,6 +79,17 @@ class DeviceWeight:
         return data.numel() * data.element_size()
 
 
+@contextmanager
+def out_of_memory_as_user_error(what: str):
+    """A GPU allocation that fails while loading becomes a one-line error saying what did not fit."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        free = torch.cuda.mem_get_info()[0] / 2**30 if torch.cuda.is_available() else 0.0
+        raise UserError(f"{what} do not fit in GPU memory ({free:.1f} GiB free now): use a smaller quant, a shorter "
+                        "context, a smaller --expert-cache or the hybrid runtime") from None
+
+
 def _ggml(name: str):
     from gguf import GGMLQuantizationType as T
     return T[name]
@@ -87,6 +98,8 @@ def _ggml(name: str):
 class TorchModel(LanguageModel):
     """A GGUF on torch devices (see the module docstring). devices: one per layer run, in order; `layer_devices`
     says which layer sits where. graphs: record decode steps as CUDA graphs (one CUDA device only)."""
+
+    routed = None  # moe's routed-experts function (layers.device_experts); the hybrid runtime replaces it
 
     def __init__(self, path: Path, devices: list[str], n_ctx: int | None = None, graphs: bool = True,
                  exact: bool = False):
@@ -121,8 +134,6 @@ class TorchModel(LanguageModel):
                                        self.devices[-1])
         self.graphs = graphs and len(self.devices) == 1 and self.devices[0].type == "cuda"
         self.exact = exact
-
-    routed = None  # moe's routed-experts function (layers.device_experts); the hybrid runtime replaces it
 
     def keeps_in_ram(self, name: str) -> bool:
         """Whether tensor `name` stays in host memory instead of going to its device (the hybrid runtime's
@@ -162,7 +173,8 @@ class TorchModel(LanguageModel):
             if not Path(path).is_file():
                 raise UserError(f"{path} does not exist")
             names = default_devices(Path(path).stat().st_size)
-        return cls(path, names, n_ctx, graphs, exact)
+        with out_of_memory_as_user_error("the weights"):
+            return cls(path, names, n_ctx, graphs, exact)
 
     def new_session(self, prefix_cache: PrefixCache | None = None) -> "TorchSession":
         return TorchSession(self, prefix_cache)

@@ -18,13 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from localcoder.cuda.model import TorchModel
+from localcoder.cuda.model import TorchModel, out_of_memory_as_user_error
 from localcoder.cuda.quant import dequantize, grouped_gemv
 from localcoder.errors import UserError
 from localcoder.hybrid.policy import DECAY, ExpertCache
+from localcoder.hybrid.simulate import hottest, load_trace, save_trace
 from localcoder.hybrid.slots import PROJECTIONS, ExpertSlots
 
-MAX_TRACE_TOKENS = 1 << 16  # router choices kept for `trace` (a simulator input), per model
+MAX_TRACE_TOKENS = 1 << 16  # router choices kept in memory for `trace` (a simulator input), per model
+PIN_SHARE = 0.5  # of the slots, pinned from a saved router trace: the rest adapt to the session
 
 
 @dataclass
@@ -63,13 +65,16 @@ class HybridModel(TorchModel):
 
     def __init__(self, path: Path, device: str, budget_bytes: int, n_ctx: int | None = None,
                  costs: MissCosts | None = None, pinned=(), decay: float = DECAY, exact: bool = False,
-                 embedding_in_ram: bool = False):
+                 embedding_in_ram: bool = False, pin_from: np.ndarray | None = None):
         self.in_ram, self.embedding_in_ram = {}, embedding_in_ram
         super().__init__(path, [device], n_ctx, graphs=False, exact=exact)
         self.costs = costs or MissCosts()
         largest = {proj: max(self.in_ram[f"blk.{i}.{proj}.weight"].raw[0].nbytes for i in range(self.args.n_layer))
                    for proj in PROJECTIONS}
         self.slots = ExpertSlots.within(self.devices[0], budget_bytes, largest, self.args.n_layer * self.args.n_expert)
+        if pin_from is not None:  # a saved router trace: its hottest experts fill up to PIN_SHARE of the slots
+            room = int(self.slots.n_slots * PIN_SHARE)
+            pinned = list(dict.fromkeys([*pinned, *hottest(pin_from, room)]))[:max(room, len(pinned))]
         self.cache = ExpertCache(self.slots.n_slots, decay, list(pinned))
         for layer in range(self.args.n_layer):
             self.cache.stats[layer]  # every layer listed from the start (/metrics reads them from another thread)
@@ -81,15 +86,19 @@ class HybridModel(TorchModel):
 
     @classmethod
     def load(cls, path, device: str | None = None, budget_bytes: int = 0, n_ctx: int | None = None,
-             embedding_in_ram: bool = False) -> "HybridModel":
+             embedding_in_ram: bool = False, router_trace: Path | None = None) -> "HybridModel":
         """Open a GGUF for the hybrid runtime on `device` (default the first GPU), with miss costs measured on
-        this machine (RAM and PCIe bandwidth)."""
+        this machine (RAM and PCIe bandwidth). router_trace: a saved trace (save_trace) whose hottest experts are
+        pinned, when the file exists."""
         if not torch.cuda.is_available():
             raise UserError("the hybrid runtime needs a CUDA GPU and torch sees none (install torch with CUDA, "
                             "or use the CPU runtime)")
+        pin_from = load_trace(router_trace) if router_trace and Path(router_trace).exists() else None
         device = device or "cuda:0"
         costs = MissCosts.measured(torch.device(device).index or 0)
-        return cls(path, device, budget_bytes, n_ctx, costs, embedding_in_ram=embedding_in_ram)
+        with out_of_memory_as_user_error("the resident weights and the expert cache"):
+            return cls(path, device, budget_bytes, n_ctx, costs, embedding_in_ram=embedding_in_ram,
+                       pin_from=pin_from)
 
     def keeps_in_ram(self, name: str) -> bool:
         return any(name.endswith(f".{proj}.weight") for proj in PROJECTIONS) or (
@@ -225,3 +234,7 @@ class HybridModel(TorchModel):
         """int [tokens, layers, top_k]: the experts each layer chose for every token run so far (simulate.py)."""
         return np.concatenate(self.trace) if self.trace else np.zeros((0, self.args.n_layer, self.args.n_expert_used),
                                                                         np.int64)
+
+    def save_trace(self, path: Path) -> None:
+        """Add this model's router trace to the one saved in `path` (simulate.save_trace)."""
+        save_trace(path, self.router_trace())

@@ -14,12 +14,42 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, OrderedDict
+from pathlib import Path
 
 import numpy as np
 
+from localcoder.errors import UserError
 from localcoder.hybrid.policy import ExpertCache
 
 POLICIES = ("frequency", "lru", "lfu", "static")
+SAVED_TOKENS = 1 << 16  # a saved trace keeps the most recent tokens
+
+
+def load_trace(path: Path, n_expert: int | None = None) -> np.ndarray:
+    """A saved router trace, int [tokens, layers, top_k]; a UserError when the file is not one (of experts below
+    n_expert, when given)."""
+    try:
+        trace = np.load(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read the router trace {path}: {e}") from None
+    if trace.ndim != 3 or trace.dtype.kind not in "iu" or trace.size == 0 or (n_expert and trace.max() >= n_expert):
+        limit = f", experts below {n_expert}" if n_expert else ""
+        raise UserError(f"{path} is not a router trace (integers: tokens x layers x top-k{limit})")
+    return trace
+
+
+def save_trace(path: Path, trace: np.ndarray) -> None:
+    """Append `trace` to the one saved in `path` (same geometry), keep the last SAVED_TOKENS tokens; the file is
+    written whole or not at all."""
+    path = Path(path)
+    if path.exists():
+        old = load_trace(path)
+        if old.shape[1:] == trace.shape[1:]:
+            trace = np.concatenate([old, trace])
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as f:
+        np.save(f, trace[-SAVED_TOKENS:].astype(np.int16))
+    partial.replace(path)
 
 
 def synthetic_trace(steps: int, layers: int, n_expert: int, top_k: int, skew: float = 0.0, locality: float = 0.0,
@@ -53,6 +83,13 @@ def replay(trace: np.ndarray, policy: str, n_slots: int, n_expert: int) -> float
             total += trace.shape[2]
         cache.tick()
     return hits / max(1, total)
+
+
+def hottest(trace: np.ndarray, n: int) -> list[tuple[int, int]]:
+    """The n (layer, expert) pairs a trace used most: what to pin in the cache from a saved router profile."""
+    tokens, layers, _ = trace.shape
+    counts = Counter((layer, int(e)) for layer in range(layers) for e in trace[:, layer].reshape(-1))
+    return [key for key, _ in counts.most_common(max(0, n))]
 
 
 def hit_rate_table(trace: np.ndarray, n_expert: int, fractions=(0.05, 0.1, 0.25, 0.5)) -> list[dict]:
