@@ -103,6 +103,11 @@ def test_metrics_report_the_cache_per_layer(model_file):
         assert f'localcoder_expert_cache_misses_total{{layer="{layer}"}} {stats.misses}' in text
     assert f"localcoder_expert_misses_cpu_total {model.misses.cpu_experts}" in text and model.misses.cpu_experts
     assert f"localcoder_expert_cache_copied_bytes_total {model.slots.bytes_copied}" in text
+    assert f"localcoder_expert_misses_cpu_seconds_total {model.misses.cpu_seconds}" in text
+    assert model.misses.cpu_seconds > 0 and model.misses.copy_seconds > 0  # 4 slots were filled
+    from localcoder.bench import expert_lookups
+    stats = model.cache.stats.values()
+    assert expert_lookups(model) == (sum(s.hits for s in stats), sum(s.hits + s.misses for s in stats)) != (0, 0)
     assert expert_cache_lines(TorchModel.load(model_file, DEVICE)) == []
 
 

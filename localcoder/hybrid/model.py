@@ -11,6 +11,7 @@ at every budget up to float rounding: every path multiplies the same decoded wei
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,8 @@ class MissStats:
     cpu_experts: int = 0
     streamed_experts: int = 0
     streamed_bytes: int = 0
+    cpu_seconds: float = 0.0  # computing missed experts on the CPU
+    copy_seconds: float = 0.0  # copying experts to the device (slots and streamed), synchronous for now
 
 
 class HybridModel(TorchModel):
@@ -153,6 +156,7 @@ class HybridModel(TorchModel):
         uses = Counter(chosen.reshape(-1).tolist())
         hits, misses = self.cache.lookup(layer, uses)
         resident, streamed, on_cpu = dict(hits), [], []
+        copy_start = time.perf_counter()
         for e in misses:
             admitted = self.cache.admit(layer, e)
             if admitted is not None:
@@ -162,17 +166,20 @@ class HybridModel(TorchModel):
                 on_cpu.append(e)
             else:
                 streamed.append(e)
+        scratch = ExpertSlots(self.devices[0], len(streamed), self.slots.expert_bytes, self.slots.staging)
+        for slot, e in enumerate(streamed):
+            scratch.fill(slot, self._expert_bytes(layer, e))
+        self.misses.copy_seconds += time.perf_counter() - copy_start
+        self.misses.streamed_experts += len(streamed)
+        self.misses.streamed_bytes += scratch.bytes_copied
+        # launched first, so the device computes the hits while the CPU computes its misses
         out = self._on_device(x, p, chosen, weights, resident, self.slots)
-        if streamed:
-            scratch = ExpertSlots(self.devices[0], len(streamed), self.slots.expert_bytes, self.slots.staging)
-            for slot, e in enumerate(streamed):
-                scratch.fill(slot, self._expert_bytes(layer, e))
-            out = out + self._on_device(x, p, chosen, weights, dict(zip(streamed, range(len(streamed)))), scratch)
-            self.misses.streamed_experts += len(streamed)
-            self.misses.streamed_bytes += scratch.bytes_copied
+        out = out + self._on_device(x, p, chosen, weights, dict(zip(streamed, range(len(streamed)))), scratch)
         if on_cpu:
+            cpu_start = time.perf_counter()
             out = out + torch.from_numpy(self._on_cpu(x, p, chosen, weights, on_cpu)).to(x.device)
             self.misses.cpu_experts += len(on_cpu)
+            self.misses.cpu_seconds += time.perf_counter() - cpu_start
         return out
 
     def _on_device(self, x, p, chosen, weights, slot_of: dict[int, int], slots: ExpertSlots) -> torch.Tensor:

@@ -182,7 +182,9 @@ def expert_cache_lines(model) -> list[str]:
             ("expert_cache_slots", "expert slots on the device", cache.n_slots),
             ("expert_cache_copied_bytes_total", "bytes copied into slots", model.slots.bytes_copied),
             ("expert_misses_cpu_total", "missed experts computed on the CPU", model.misses.cpu_experts),
-            ("expert_misses_streamed_total", "missed experts streamed to the device", model.misses.streamed_experts)]:
+            ("expert_misses_streamed_total", "missed experts streamed to the device", model.misses.streamed_experts),
+            ("expert_misses_cpu_seconds_total", "time computing missed experts on the CPU", model.misses.cpu_seconds),
+            ("expert_copy_seconds_total", "time copying experts to the device", model.misses.copy_seconds)]:
         kind = "gauge" if name == "expert_cache_slots" else "counter"
         lines += [f"# HELP localcoder_{name} {help_text}", f"# TYPE localcoder_{name} {kind}",
                   f"localcoder_{name} {value}"]
