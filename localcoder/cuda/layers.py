@@ -16,6 +16,7 @@ import torch
 
 from localcoder.cuda.attention import decode_attention, prefill_attention
 from localcoder.cuda.deltanet import CHUNKED_FROM, delta_rule, delta_rule_chunked
+from localcoder.cuda.norms import rms_norm
 from localcoder.reference import L2_EPS
 
 
@@ -39,10 +40,6 @@ class Positions:
 
     def all(self) -> torch.Tensor:
         return self.start + torch.arange(self.count, device=self.start.device)
-
-
-def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    return x * torch.rsqrt((x * x).mean(dim=-1, keepdim=True) + eps) * w
 
 
 def rope_neox(x: torch.Tensor, positions: torch.Tensor, rope_dim: int, base: float) -> torch.Tensor:
@@ -101,7 +98,7 @@ def gated_delta_net(x, w, p, args, state, pos: Positions) -> torch.Tensor:
     g = w[p + "ssm_a"].vector() * torch.nn.functional.softplus(a + w[p + "ssm_dt.bias"].vector())
     rule = delta_rule_chunked if T >= CHUNKED_FROM else delta_rule
     out = rule(q, k, v, g, beta, state["S"])
-    y = rms_norm(out, w[p + "ssm_norm.weight"].vector(), args.eps) * torch.nn.functional.silu(z)
+    y = rms_norm(out, w[p + "ssm_norm.weight"].vector(), args.eps, gate=z)
     return w[p + "ssm_out.weight"].matmul(y.reshape(T, nv * dv))
 
 

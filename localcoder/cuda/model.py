@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from localcoder.cuda.layers import Positions, attention, gated_delta_net, moe, rms_norm
+from localcoder.cuda.layers import Positions, attention, gated_delta_net, moe
+from localcoder.cuda.norms import rms_norm
 from localcoder.cuda.placement import default_devices, free_bytes, split_layers
 from localcoder.errors import UserError
 from localcoder.gguf_model import load_fields
