@@ -104,7 +104,7 @@ def test_profiles_cli_lists_and_shows():
     assert missing.exit_code == 1 and "no profile 'nope'" in missing.output
 
 
-def test_the_wheel_ships_every_profile(tmp_path):
+def test_the_wheel_ships_every_profile_and_package(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(tmp_path), str(REPO)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("localcoder-*.whl"))
@@ -112,3 +112,5 @@ def test_the_wheel_ships_every_profile(tmp_path):
     for name in REQUIRED:
         assert f"localcoder/profile_data/{name}.toml" in names
     assert "quant/recipes.toml" in names
+    for init in sorted((REPO / "localcoder").rglob("__init__.py")):  # every subpackage, e.g. cuda and hybrid
+        assert init.relative_to(REPO).as_posix() in names
