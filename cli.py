@@ -243,6 +243,18 @@ def demo(
                   f"{usage['completion_tokens']} completion tokens[/]", soft_wrap=True, highlight=False)
 
 
+def print_plan(model) -> None:
+    """The hybrid runtime's placement (what is on the GPU, in RAM, the expert cache), on stderr."""
+    if not hasattr(model, "plan"):
+        return
+    from rich.table import Table
+
+    table = Table(title="placement", title_justify="left", show_header=False)
+    for what, where in model.plan():
+        table.add_row(what, where)
+    err.print(table)
+
+
 def stream_completion(model, messages: list[dict], session, **options):
     """Print a completion as it is generated, then its speed on stderr; returns the Generation."""
     generation = model.generate(messages, session=session, **options)
@@ -292,6 +304,7 @@ def run(
     hybrid = {"expert_cache_gib": expert_cache} if backend == "hybrid" else {}
     model = load_model(resolve_model(str(model_path), need_gguf=True), engine, backend, n_ctx=ctx_size,
                        threads=threads, **hybrid)
+    print_plan(model)
     messages = [{"role": "system", "content": system}] if system else []
     session = model.new_session()
     if prompt is not None:
@@ -365,6 +378,7 @@ def serve(
     server_engine, name = load_engine(model_path, ctx, threads, 2.0 if cache_ram is None else cache_ram, max_queue,
                                       n_batch=n_batch, clamp_ctx=profile is not None, engine=engine or "localcoder",
                                       n_gpu_layers=n_gpu_layers, backend=backend, backend_options=backend_extra)
+    print_plan(server_engine.model)
     echo = lambda text: out.print(text, soft_wrap=True, highlight=False)  # noqa: E731
     try:
         serve_forever(server_engine, name, host, port, api_key, max_body << 20, echo)

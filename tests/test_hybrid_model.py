@@ -91,7 +91,8 @@ def test_pinned_experts_embedding_in_ram_and_traces(model_file, expected, tmp_pa
     assert "token_embd.weight" not in model.w
 
 
-def test_metrics_report_the_cache_per_layer(model_file):
+def test_metrics_and_plan_report_the_cache(model_file, capsys):
+    from cli import print_plan
     from localcoder.server.app import expert_cache_lines
 
     model = HybridModel(model_file, DEVICE, 4 * 300_000, costs=CPU_ONLY, exact=True)
@@ -109,6 +110,9 @@ def test_metrics_report_the_cache_per_layer(model_file):
     stats = model.cache.stats.values()
     assert expert_lookups(model) == (sum(s.hits for s in stats), sum(s.hits + s.misses for s in stats)) != (0, 0)
     assert expert_cache_lines(TorchModel.load(model_file, DEVICE)) == []
+    print_plan(model)
+    printed = capsys.readouterr().err
+    assert "expert cache" in printed and f"{model.slots.n_slots} slots" in printed
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="checks the message given where there is no GPU")
