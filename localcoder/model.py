@@ -108,7 +108,8 @@ class Model(LanguageModel):
     def load(cls, path, n_ctx: int | None = None, n_batch: int = 512, threads: int | None = None,
              check_memory: bool = True, activations: str = "q8", backend: str = "cpu",
              gpus: list[str] | None = None, expert_cache_gib: float = 0.0,
-             embedding_in_ram: bool = False, router_trace: Path | None = None) -> "Model":
+             embedding_in_ram: bool = False, router_trace: Path | None = None,
+             kv_type: str | None = None) -> "Model":
         """Open a Qwen3-Next GGUF (memory-mapped). n_ctx: the longest session (default: the model's trained
         context, capped at 32768); threads: CPU threads for the kernels (default: all cores); activations: "q8"
         rounds the inputs of quantized weights to 8 bits as llama.cpp does (Q8_K / Q8_0) and multiplies in
@@ -116,7 +117,8 @@ class Model(LanguageModel):
         hold the weights plus the sessions' state for n_ctx tokens. backend="cuda": every weight on the first
         GPU, or split by layers over every GPU when one is too small, or over `gpus` (localcoder.cuda);
         backend="hybrid": routed experts in RAM with an `expert_cache_gib` cache of them on the first of `gpus`,
-        pinning the hottest experts of a saved `router_trace` (localcoder.hybrid). Both have the same interface."""
+        pinning the hottest experts of a saved `router_trace` (localcoder.hybrid). Both have the same interface
+        and cache keys and values as `kv_type` ("f16", the default, or "f32")."""
         from localcoder.memory import check_fits, predict_memory
 
         if backend in ("cuda", "hybrid"):
@@ -127,8 +129,8 @@ class Model(LanguageModel):
                 raise UserError(f"the {backend} backend needs torch with CUDA ({e}): pip install 'localcoder[cuda]'")
             if backend == "hybrid":
                 return HybridModel.load(path, (gpus or [None])[0], int(expert_cache_gib * (1 << 30)), n_ctx,
-                                        embedding_in_ram, router_trace)
-            return TorchModel.load(path, gpus, n_ctx)
+                                        embedding_in_ram, router_trace, kv_type)
+            return TorchModel.load(path, gpus, n_ctx, kv_type=kv_type)
         if backend != "cpu":
             raise UserError(f"backend {backend!r}: choose cpu, cuda or hybrid")
 

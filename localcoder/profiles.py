@@ -276,8 +276,8 @@ def backend_options(profile: Profile) -> dict:
         return {"backend": "cpu"}
     if "cpu" in profile.devices:
         return {"backend": "hybrid", "gpus": cuda, "expert_cache_gib": profile.expert_cache_gib,
-                "embedding_in_ram": embedding_in_ram(profile)}
-    return {"backend": "cuda", "gpus": cuda}
+                "embedding_in_ram": embedding_in_ram(profile), "kv_type": profile.kv_cache}
+    return {"backend": "cuda", "gpus": cuda, "kv_type": profile.kv_cache}
 
 
 def cuda_devices(profile: Profile) -> list[str]:

@@ -125,3 +125,17 @@ def test_decode_graphs_replay_the_eager_steps(tmp_path):
         runs.append([session.feed(TOKENS[:2])] + [session.feed([t]) for t in TOKENS[2:]] * 1)
         assert (session.graph is not None) == graphs
     np.testing.assert_allclose(np.stack(runs[1]), np.stack(runs[0]), rtol=0, atol=1e-5)
+
+
+def test_float16_kv_cache_stays_close_and_other_types_are_refused(hf_model, tmp_path):
+    """Keys and values rounded to float16 (the default off the tests' exact mode) move logits by ~1e-3 relative."""
+    path = convert_hf(hf_model("realheads"), tmp_path / "f32.gguf", "F32", show_progress=False).out
+    expected = Model.load(path).logits(TOKENS)
+    model = TorchModel.load(path, DEVICE, kv_type="f16")
+    session = model.new_session()
+    stepped = [session.feed(TOKENS[:3])] + [session.feed([t]) for t in TOKENS[3:]]
+    assert {layer["k"].dtype for layer in session.layers if "k" in layer} == {torch.float16}
+    got = np.stack(stepped)
+    assert np.abs(got - expected[2:]).max() / np.abs(expected).max() < 1e-2
+    with pytest.raises(UserError, match="f16 or f32"):
+        TorchModel.load(path, DEVICE, kv_type="q8_0")

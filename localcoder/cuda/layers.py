@@ -64,14 +64,14 @@ def attention(x, w, p, args, state, pos: Positions) -> torch.Tensor:
     positions = pos.all()
     q, k = rope_neox(q, positions, args.rope_dim, args.rope_base), rope_neox(k, positions, args.rope_dim, args.rope_base)
     if pos.host_start is None:  # decode: the cache row and its length come from the device
-        state["k"].index_copy_(0, pos.start, k)
-        state["v"].index_copy_(0, pos.start, v)
+        state["k"].index_copy_(0, pos.start, k.to(state["k"].dtype))
+        state["v"].index_copy_(0, pos.start, v.to(state["v"].dtype))
         out = decode_attention(q[0], state["k"], state["v"], pos.start + 1)[None]
     else:
         end = pos.host_start + T
         state["k"][pos.host_start:end] = k
         state["v"][pos.host_start:end] = v
-        out = prefill_attention(q, state["k"][:end], state["v"][:end])
+        out = prefill_attention(q, state["k"][:end].float(), state["v"][:end].float())
     return w[p + "attn_output.weight"].matmul(out.reshape(T, nh * d) * torch.sigmoid(gate))
 
 

@@ -2,7 +2,8 @@
 
 Quantized projections go through the Triton kernels of blocks.py (decode: the fused GEMV, and one grouped GEMV
 per projection for the chosen experts; prefill: dequantize, then torch.matmul on tensor cores, TF32 unless
-exact=True), float weights through torch.matmul; the layers' math is layers.py. Decode steps replay a CUDA graph
+exact=True), float weights through torch.matmul; the layers' math is layers.py. Keys and values are cached in
+float16 (float32 with exact=True or kv_type="f32"). Decode steps replay a CUDA graph
 (graphs.py) when the model sits on one GPU. A model larger than one GPU is split by layers (placement.py).
 
 `TorchModel` has Model's interface (tokenizer, generate, new_session, n_ctx, args), so `run` and the server work on
@@ -91,6 +92,14 @@ def out_of_memory_as_user_error(what: str):
                         "context, a smaller --expert-cache or the hybrid runtime") from None
 
 
+def kv_dtype(kv_type: str) -> torch.dtype:
+    """The torch dtype of a profile's kv_cache type; the CUDA backends cache float16 or float32."""
+    types = {"f16": torch.float16, "f32": torch.float32}
+    if kv_type not in types:
+        raise UserError(f"KV cache type {kv_type!r}: the CUDA backends cache keys and values as f16 or f32")
+    return types[kv_type]
+
+
 def _ggml(name: str):
     from gguf import GGMLQuantizationType as T
     return T[name]
@@ -103,7 +112,7 @@ class TorchModel(LanguageModel):
     routed = None  # moe's routed-experts function (layers.device_experts); the hybrid runtime replaces it
 
     def __init__(self, path: Path, devices: list[str], n_ctx: int | None = None, graphs: bool = True,
-                 exact: bool = False):
+                 exact: bool = False, kv_type: str | None = None):
         from gguf import GGMLQuantizationType as T
 
         from localcoder.weights import expected_shapes
@@ -135,6 +144,7 @@ class TorchModel(LanguageModel):
                                        self.devices[-1])
         self.graphs = graphs and len(self.devices) == 1 and self.devices[0].type == "cuda"
         self.exact = exact
+        self.kv_dtype = kv_dtype(kv_type or ("f32" if exact else "f16"))
 
     def keeps_in_ram(self, name: str) -> bool:
         """Whether tensor `name` stays in host memory instead of going to its device (the hybrid runtime's
@@ -162,10 +172,10 @@ class TorchModel(LanguageModel):
 
     @classmethod
     def load(cls, path, device: str | list[str] | None = None, n_ctx: int | None = None, graphs: bool = True,
-             exact: bool = False) -> "TorchModel":
+             exact: bool = False, kv_type: str | None = None) -> "TorchModel":
         """Put a GGUF's weights on `device` (block formats stay as bytes): "cuda:N", a list of devices to split
         the layers over, or None for the first GPU, or every GPU when the model does not fit one. exact: float32
-        prefill products instead of TF32 (tests)."""
+        prefill products instead of TF32 and a float32 KV cache (tests); kv_type: "f16" or "f32"."""
         names = [device] if isinstance(device, str) else list(device or [])
         if any(torch.device(d).type == "cuda" for d in names) or not names:
             if not torch.cuda.is_available():
@@ -175,7 +185,7 @@ class TorchModel(LanguageModel):
                 raise UserError(f"{path} does not exist")
             names = default_devices(Path(path).stat().st_size)
         with out_of_memory_as_user_error("the weights"):
-            return cls(path, names, n_ctx, graphs, exact)
+            return cls(path, names, n_ctx, graphs, exact, kv_type)
 
     def new_session(self, prefix_cache: PrefixCache | None = None) -> "TorchSession":
         return TorchSession(self, prefix_cache)
@@ -228,8 +238,8 @@ class TorchSession(PrefixReuse):
         channels = 2 * a.nk * a.dk + a.nv * a.dv
         self.layers = [{"conv": torch.zeros((a.conv_kernel - 1, channels), device=dev),
                         "S": torch.zeros((a.nv, a.dk, a.dv), device=dev)} if recurrent else
-                       {"k": torch.zeros((0, a.n_head_kv, a.head_dim), device=dev),
-                        "v": torch.zeros((0, a.n_head_kv, a.head_dim), device=dev)}
+                       {"k": torch.zeros((0, a.n_head_kv, a.head_dim), dtype=model.kv_dtype, device=dev),
+                        "v": torch.zeros((0, a.n_head_kv, a.head_dim), dtype=model.kv_dtype, device=dev)}
                        for recurrent, dev in zip(a.recurrent, model.layer_devices)]
         self.reset()
 

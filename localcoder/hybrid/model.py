@@ -68,9 +68,9 @@ class HybridModel(TorchModel):
 
     def __init__(self, path: Path, device: str, budget_bytes: int, n_ctx: int | None = None,
                  costs: MissCosts | None = None, pinned=(), decay: float = DECAY, exact: bool = False,
-                 embedding_in_ram: bool = False, pin_from: np.ndarray | None = None):
+                 embedding_in_ram: bool = False, pin_from: np.ndarray | None = None, kv_type: str | None = None):
         self.in_ram, self.embedding_in_ram = {}, embedding_in_ram
-        super().__init__(path, [device], n_ctx, graphs=False, exact=exact)
+        super().__init__(path, [device], n_ctx, graphs=False, exact=exact, kv_type=kv_type)
         self.costs = costs or MissCosts()
         largest = {proj: max(self.in_ram[f"blk.{i}.{proj}.weight"].raw[0].nbytes for i in range(self.args.n_layer))
                    for proj in PROJECTIONS}
@@ -89,7 +89,8 @@ class HybridModel(TorchModel):
 
     @classmethod
     def load(cls, path, device: str | None = None, budget_bytes: int = 0, n_ctx: int | None = None,
-             embedding_in_ram: bool = False, router_trace: Path | None = None) -> "HybridModel":
+             embedding_in_ram: bool = False, router_trace: Path | None = None,
+             kv_type: str | None = None) -> "HybridModel":
         """Open a GGUF for the hybrid runtime on `device` (default the first GPU), with miss costs measured on
         this machine (RAM and PCIe bandwidth). router_trace: a saved trace (save_trace) whose hottest experts are
         pinned, when the file exists."""
@@ -101,7 +102,7 @@ class HybridModel(TorchModel):
         costs = MissCosts.measured(torch.device(device).index or 0)
         with out_of_memory_as_user_error("the resident weights and the expert cache"):
             return cls(path, device, budget_bytes, n_ctx, costs, embedding_in_ram=embedding_in_ram,
-                       pin_from=pin_from)
+                       pin_from=pin_from, kv_type=kv_type)
 
     def keeps_in_ram(self, name: str) -> bool:
         return any(name.endswith(f".{proj}.weight") for proj in PROJECTIONS) or (
