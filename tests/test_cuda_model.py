@@ -102,6 +102,7 @@ def test_sessions_restore_snapshots_and_grow_their_cache(hf_model, tmp_path, mon
     session = TorchModel.load(path, DEVICE, exact=True).new_session()
     session.feed(TOKENS[:3])
     kept = session.snapshot()
+    assert {t.device.type for layer in kept.layers for t in layer.values()} == {"cpu"}  # RAM, not VRAM
     session.feed([1, 2, 3, 4])
     session.restore(kept)
     stepped = [session.feed([t]) for t in TOKENS[3:]]

@@ -281,8 +281,9 @@ class TorchSession(PrefixReuse):
                 self.graph = None
 
     def snapshot(self) -> Snapshot:
+        """The session's state in host memory (the prefix cache's budget is RAM; VRAM is for weights and experts)."""
         n = len(self.tokens)
-        return Snapshot(tuple(self.tokens), [{k: v[:n].clone() if k in ("k", "v") else v.clone()
+        return Snapshot(tuple(self.tokens), [{k: (v[:n] if k in ("k", "v") else v).to("cpu", copy=True)
                                               for k, v in layer.items()} for layer in self.layers])
 
     def restore(self, snapshot: Snapshot) -> None:
