@@ -8,7 +8,8 @@ Writes the real Qwen3-Coder-Next geometry (random weights, llama.cpp's Q4_K_M mi
 once under .cache/bench), then measures localcoder's TorchModel and llama-cpp-python with every layer offloaded,
 alternating, best of --repeats (localcoder's decode through CUDA graphs; --eager adds a row without them).
 Also prints the bandwidth roofline (bytes read per decoded token / the GPU's measured bandwidth) and times the
-delta rule's two forms at the real geometry, which sets deltanet.CHUNKED_FROM. Needs a CUDA GPU; it has not been
+delta rule's two forms at the real geometry, which sets deltanet.CHUNKED_FROM, and a prompt-sized product both
+ways (dequantize + cuBLAS, or the grouped GEMM decoding in registers), which decides DeviceWeight.matmul's. Needs a CUDA GPU; it has not been
 run yet (no GPU was lent while it was written).
 """
 
@@ -81,6 +82,37 @@ def delta_rule_table(lengths=(1, 16, 64, 256, 512), heads: int = 32, d: int = 12
     return lines
 
 
+def prefill_product_table(tokens: int = 512, shapes=((8192, 2048), (2048, 4096), (512, 2048))) -> list[str]:
+    """Milliseconds of one prompt-sized product with a Q4_K matrix: dequantize then cuBLAS (TF32), against the
+    grouped GEMM decoding in registers (one group). Decides which one DeviceWeight.matmul should use."""
+    import torch
+    from gguf import GGMLQuantizationType as T
+
+    from localcoder.cuda.gemm import grouped_gemm
+    from localcoder.cuda.quant import dequantize
+    from quant.quantize import quantize
+
+    lines = [f"| Q4_K matrix | dequantize + cuBLAS ms | grouped GEMM ms ({tokens} tokens) |", "|---|---|---|"]
+    x = torch.randn((tokens, max(c for _, c in shapes)), device="cuda")
+    for rows, cols in shapes:
+        raw = torch.from_numpy(quantize(np.random.default_rng(0).standard_normal((rows, cols)).astype(np.float32),
+                                        T.Q4_K)).cuda()
+        xs, src = x[:, :cols].contiguous(), np.arange(tokens)
+        runs = {"cublas": lambda: xs @ dequantize(raw, "Q4_K", cols).T,
+                "grouped": lambda: grouped_gemm(raw[None], "Q4_K", xs, [0], [0, tokens], src, exact=False)}
+        times = []
+        for run in runs.values():
+            run()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(10):
+                run()
+            torch.cuda.synchronize()
+            times.append((time.perf_counter() - t0) / 10 * 1e3)
+        lines.append(f"| {rows} x {cols} | {times[0]:.3f} | {times[1]:.3f} |")
+    return lines
+
+
 def main() -> None:
     import torch
 
@@ -140,7 +172,7 @@ def main() -> None:
     lines += [f"\nlocalcoder's peak VRAM (torch): {vram:.1f} GiB",
               f"roofline: {read / 2**30:.2f} GiB read per token at {bandwidth:.0f} GB/s = "
               f"{bandwidth * 1e9 / read:.0f} tok/s ({torch.cuda.get_device_name(0)}, {args.layers} layers)", ""]
-    lines += delta_rule_table()
+    lines += delta_rule_table() + [""] + prefill_product_table()
     print("\n".join(lines))
     if args.markdown:
         args.markdown.write_text("\n".join(lines) + "\n")

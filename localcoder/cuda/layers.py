@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from localcoder.cuda.attention import decode_attention, prefill_attention
@@ -125,12 +126,21 @@ def device_experts(x, w, p, top, weights) -> torch.Tensor:
 
 
 def _experts_by_group(x, w, p, top, weights) -> torch.Tensor:
-    """Prefill: each chosen expert once, over the tokens that chose it."""
-    out = torch.zeros_like(x)
-    for e in torch.unique(top).tolist():
-        tokens, slot = (top == e).nonzero(as_tuple=True)
-        xe = x[tokens]
-        hidden = torch.nn.functional.silu(w[p + "ffn_gate_exps.weight"].matmul(xe, e)) * \
-            w[p + "ffn_up_exps.weight"].matmul(xe, e)
-        out.index_add_(0, tokens, weights[tokens, slot][:, None] * w[p + "ffn_down_exps.weight"].matmul(hidden, e))
-    return out
+    """Prefill: every (token, expert) pair sorted by expert, each projection one grouped launch."""
+    tokens, ranks, experts, starts = routing_pairs(top.cpu().numpy())
+    gate, up, down = (w[p + f"ffn_{proj}_exps.weight"] for proj in ("gate", "up", "down"))
+    hidden = torch.nn.functional.silu(gate.grouped_gemm(x, experts, starts, tokens)) * \
+        up.grouped_gemm(x, experts, starts, tokens)
+    y = down.grouped_gemm(hidden, experts, starts, np.arange(len(tokens)))
+    t, r = torch.from_numpy(tokens).to(x.device), torch.from_numpy(ranks).to(x.device)
+    return torch.zeros_like(x).index_add_(0, t, weights[t, r][:, None] * y)
+
+
+def routing_pairs(chosen: np.ndarray, keep=None):
+    """The (token, rank) pairs of the router's choices chosen [T, k] (those whose expert is in `keep`, when
+    given), sorted by expert as grouped products take them: (tokens, ranks, group experts, group starts)."""
+    tokens, ranks = np.nonzero(np.ones(chosen.shape, bool) if keep is None else np.isin(chosen, keep))
+    order = np.argsort(chosen[tokens, ranks], kind="stable")
+    tokens, ranks = tokens[order], ranks[order]
+    experts, first = np.unique(chosen[tokens, ranks], return_index=True)
+    return tokens, ranks, experts, np.append(first, len(tokens))

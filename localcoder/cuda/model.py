@@ -50,15 +50,13 @@ class DeviceWeight:
         else:
             self.raw = torch.from_numpy(np.array(raw)).to(device)  # a copy: the mapping is read-only
 
-    def matmul(self, x: torch.Tensor, expert: int | None = None) -> torch.Tensor:
-        """x [T, cols] @ W.T (of one expert of a stacked expert tensor)."""
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x [T, cols] @ W.T: one token through the fused GEMV, a prompt through dequantize and cuBLAS."""
         from localcoder.cuda.quant import dequantize, gemv
 
         if self.qtype in FLOAT_TYPES:
-            w = self.values if expert is None else self.values[expert]
-            return x @ w.T
-        raw = self.raw if expert is None else self.raw[expert]
-        raw = raw.reshape(raw.shape[0], -1)
+            return x @ self.values.T
+        raw = self.raw.reshape(self.raw.shape[0], -1)
         if x.shape[0] == 1:
             return gemv(raw, self.qtype, x[0])[None]
         return x @ dequantize(raw, self.qtype, self.shape[-1]).T
@@ -71,6 +69,20 @@ class DeviceWeight:
             inputs = x.expand(len(experts), -1) if x.dim() == 1 else x
             return torch.einsum("sc,src->sr", inputs, self.values[experts])
         return grouped_gemv(self.raw, self.qtype, experts, x)
+
+    def grouped_gemm(self, x: torch.Tensor, experts, starts, src) -> torch.Tensor:
+        """[slots, rows]: per group g, expert experts[g] of this stacked tensor times x[src[s]] for its slots
+        (gemm.grouped_gemm's contract; float weights take one torch.matmul per group)."""
+        from localcoder.cuda.gemm import grouped_gemm
+
+        if self.qtype not in FLOAT_TYPES:
+            return grouped_gemm(self.raw, self.qtype, x, experts, starts, src)
+        y = torch.empty((int(starts[-1]), self.shape[1]), dtype=torch.float32, device=x.device)
+        index = torch.from_numpy(np.asarray(src)).to(x.device)
+        for g, e in enumerate(experts):
+            a, b = int(starts[g]), int(starts[g + 1])
+            y[a:b] = x[index[a:b]] @ self.values[int(e)].T
+        return y
 
     def vector(self) -> torch.Tensor:
         return self.values.reshape(-1)

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 from localcoder.cuda.model import TorchModel, out_of_memory_as_user_error
-from localcoder.cuda.quant import dequantize, grouped_gemv
+from localcoder.cuda.gemm import grouped_gemm
+from localcoder.cuda.layers import routing_pairs
+from localcoder.cuda.quant import grouped_gemv
 from localcoder.errors import UserError
 from localcoder.hybrid.policy import DECAY, ExpertCache
 from localcoder.hybrid.simulate import hottest, load_trace, save_trace
@@ -197,22 +199,17 @@ class HybridModel(TorchModel):
                 grouped_gemv(views["ffn_up_exps"], up, ids, x[0])
             y = grouped_gemv(views["ffn_down_exps"], down, ids, hidden)
             return (weights[0, ranks][:, None] * y).sum(dim=0, keepdim=True)
-        for e, slot in slot_of.items():
-            tokens, ranks = np.nonzero(chosen == e)
-            t = torch.from_numpy(tokens).to(x.device)
-            w_gate, w_up, w_down = (dequantize(views[proj][slot], qtype, cols) for proj, qtype, cols in
-                                    zip(PROJECTIONS, (gate, up, down), self._cols(p)))
-            hidden = torch.nn.functional.silu(x[t] @ w_gate.T) * (x[t] @ w_up.T)
-            out.index_add_(0, t, weights[t, torch.from_numpy(ranks).to(x.device)][:, None] * (hidden @ w_down.T))
-        return out
+        tokens, ranks, experts, starts = routing_pairs(chosen, list(slot_of))
+        ids = [slot_of[e] for e in experts]
+        hidden = torch.nn.functional.silu(grouped_gemm(views["ffn_gate_exps"], gate, x, ids, starts, tokens)) * \
+            grouped_gemm(views["ffn_up_exps"], up, x, ids, starts, tokens)
+        y = grouped_gemm(views["ffn_down_exps"], down, hidden, ids, starts, np.arange(len(tokens)))
+        t, r = torch.from_numpy(tokens).to(x.device), torch.from_numpy(ranks).to(x.device)
+        return out.index_add_(0, t, weights[t, r][:, None] * y)
 
     def _on_cpu(self, x, p, chosen, weights, experts: list[int]) -> np.ndarray:
         """The same sum for experts computed on the CPU from the mapped file (float32 activations)."""
-        tokens, ranks = np.nonzero(np.isin(chosen, experts))
-        order = np.argsort(chosen[tokens, ranks], kind="stable")
-        tokens, ranks = tokens[order], ranks[order]
-        ids, first = np.unique(chosen[tokens, ranks], return_index=True)
-        starts = np.append(first, len(tokens))
+        tokens, ranks, ids, starts = routing_pairs(chosen, experts)
         xh = x.cpu().numpy()
         gate = self.in_ram[p + "ffn_gate_exps.weight"].grouped_matmul(xh, ids, starts, tokens)
         up = self.in_ram[p + "ffn_up_exps.weight"].grouped_matmul(xh, ids, starts, tokens)
@@ -225,9 +222,6 @@ class HybridModel(TorchModel):
     def _view(self, slots: ExpertSlots, p: str, proj: str) -> torch.Tensor:
         raw = self.in_ram[f"{p}{proj}.weight"].raw
         return slots.view(proj, raw.shape[1], raw[0, 0].nbytes)
-
-    def _cols(self, p: str) -> list[int]:
-        return [self.in_ram[f"{p}{proj}.weight"].cols for proj in PROJECTIONS]
 
     def _expert_bytes(self, layer: int, expert: int) -> dict[str, np.ndarray]:
         return {proj: self.in_ram[f"blk.{layer}.{proj}.weight"].raw[expert] for proj in PROJECTIONS}
@@ -246,3 +240,4 @@ class HybridModel(TorchModel):
     def save_trace(self, path: Path) -> None:
         """Add this model's router trace to the one saved in `path` (simulate.save_trace)."""
         save_trace(path, self.router_trace())
+
