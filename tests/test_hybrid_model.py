@@ -10,6 +10,7 @@ import pytest
 
 from cuda_setup import DEVICE  # first: sets up the interpreter where there is no GPU
 from localcoder.cuda.model import TorchModel
+from localcoder.errors import UserError
 from localcoder.hybrid.model import HybridModel, MissCosts
 from localcoder.hybrid.simulate import hottest, load_trace, replay
 
@@ -86,6 +87,8 @@ def test_pinned_experts_embedding_in_ram_and_traces(model_file, expected, tmp_pa
     assert np.array_equal(load_trace(saved), np.concatenate([trace, trace]))
     repinned = HybridModel(model_file, DEVICE, 8 * 300_000, pin_from=load_trace(saved))
     assert sorted(repinned.cache.pinned) == sorted(hottest(trace, repinned.slots.n_slots // 2))
+    with pytest.raises(UserError, match="recorded on another model"):
+        HybridModel(model_file, DEVICE, 8 * 300_000, pin_from=np.concatenate([trace, trace], axis=1))
     assert [what for what, _ in model.plan()] == ["attention, DeltaNet, shared experts, router, output",
                                                    "routed experts", "expert cache", "misses", "token embedding"]
     assert "token_embd.weight" not in model.w
@@ -117,7 +120,6 @@ def test_metrics_and_plan_report_the_cache(model_file, capsys):
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="checks the message given where there is no GPU")
 def test_without_a_gpu_the_hybrid_backend_says_so(model_file):
-    from localcoder.errors import UserError
     from localcoder.model import Model
 
     with pytest.raises(UserError, match="the hybrid runtime needs a CUDA GPU"):

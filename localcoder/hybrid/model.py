@@ -78,6 +78,9 @@ class HybridModel(TorchModel):
                    for proj in PROJECTIONS}
         self.slots = ExpertSlots.within(self.devices[0], budget_bytes, largest, self.args.n_layer * self.args.n_expert)
         if pin_from is not None:  # a saved router trace: its hottest experts fill up to PIN_SHARE of the slots
+            if pin_from.shape[1] != self.args.n_layer or pin_from.max() >= self.args.n_expert:
+                raise UserError(f"the router trace has {pin_from.shape[1]} layers and experts up to "
+                                f"{pin_from.max()}: it was recorded on another model (delete it or pass another)")
             room = int(self.slots.n_slots * PIN_SHARE)
             pinned = list(dict.fromkeys([*pinned, *hottest(pin_from, room)]))[:max(room, len(pinned))]
         self.cache = ExpertCache(self.slots.n_slots, decay, list(pinned))
