@@ -50,6 +50,7 @@ class MissCosts:
         return cls(ram_gbs=ram or cls.ram_gbs, pcie_gbs=cuda_bandwidths(device)[1])
 
     def on_cpu(self, n_tokens: int, nbytes: int, macs_per_token: int) -> bool:
+        """Whether a missed expert of `nbytes` used by n_tokens is cheaper on the CPU than streamed."""
         cpu = nbytes / (self.ram_gbs * 1e9) + n_tokens * macs_per_token / (self.cpu_gmacs * 1e9)
         return cpu <= nbytes / (self.pcie_gbs * 1e9)
 
@@ -148,6 +149,7 @@ class HybridModel(TorchModel):
                  f"{self.in_ram['token_embd.weight'].nbytes / gib:.2f} GiB")] if self.embedding_in_ram else [])
 
     def forward(self, state, tokens, pos, all_logits):
+        """TorchModel.forward, recording the router's choices and ending one step of the cache's decay."""
         self._routes = []
         logits = super().forward(state, tokens, pos, all_logits)
         if sum(len(t) for t in self.trace) < MAX_TRACE_TOKENS:
@@ -156,6 +158,8 @@ class HybridModel(TorchModel):
         return logits
 
     def routed(self, x, w, p, top, weights) -> torch.Tensor:
+        """The routed experts' weighted sum for layer `p` (layers.moe's hook): cache lookups, admissions, and each
+        expert computed from a slot, a streamed scratch copy or the CPU."""
         layer = int(p.split(".")[1])
         chosen = top.cpu().numpy()
         self._routes.append(chosen)
