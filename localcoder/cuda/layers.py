@@ -18,6 +18,7 @@ import torch
 from localcoder.cuda.attention import decode_attention, prefill_attention
 from localcoder.cuda.deltanet import CHUNKED_FROM, delta_rule, delta_rule_chunked
 from localcoder.cuda.norms import rms_norm
+from localcoder.cuda.rope import rope
 from localcoder.reference import L2_EPS
 
 
@@ -43,18 +44,9 @@ class Positions:
         return self.start + torch.arange(self.count, device=self.start.device)
 
 
-def rope_neox(x: torch.Tensor, positions: torch.Tensor, rope_dim: int, base: float) -> torch.Tensor:
-    """Rotate-half RoPE on the first rope_dim dims of each head; angles in float64 as reference.py."""
-    half = rope_dim // 2
-    inv_freq = base ** (-torch.arange(half, dtype=torch.float64, device=x.device) * 2.0 / rope_dim)
-    angle = positions.to(torch.float64)[:, None, None] * inv_freq
-    cos, sin = torch.cos(angle).to(x.dtype), torch.sin(angle).to(x.dtype)
-    a, b = x[..., :half], x[..., half:rope_dim]
-    return torch.cat([a * cos - b * sin, b * cos + a * sin, x[..., rope_dim:]], dim=-1)
-
-
-def attention(x, w, p, args, state, pos: Positions) -> torch.Tensor:
-    """Gated attention; state["k"], state["v"] [capacity, n_kv, head_dim] hold the session's keys and values."""
+def attention(x, w, p, args, state, pos: Positions, rope_tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Gated attention; state["k"], state["v"] [capacity, n_kv, head_dim] hold the session's keys and values;
+    rope_tables: rope.rope_tables for the model's context on this device."""
     T, nh, nkv, d = x.shape[0], args.n_head, args.n_head_kv, args.head_dim
     qg = w[p + "attn_q.weight"].matmul(x).reshape(T, nh, 2 * d)
     q, gate = qg[..., :d], qg[..., d:].reshape(T, nh * d)
@@ -63,7 +55,7 @@ def attention(x, w, p, args, state, pos: Positions) -> torch.Tensor:
     q = rms_norm(q, w[p + "attn_q_norm.weight"].vector(), args.eps)
     k = rms_norm(k, w[p + "attn_k_norm.weight"].vector(), args.eps)
     positions = pos.all()
-    q, k = rope_neox(q, positions, args.rope_dim, args.rope_base), rope_neox(k, positions, args.rope_dim, args.rope_base)
+    q, k = rope(q, positions, *rope_tables), rope(k, positions, *rope_tables)
     if pos.host_start is None:  # decode: the cache row and its length come from the device
         state["k"].index_copy_(0, pos.start, k.to(state["k"].dtype))
         state["v"].index_copy_(0, pos.start, v.to(state["v"].dtype))

@@ -20,6 +20,7 @@ import torch
 
 from localcoder.cuda.layers import Positions, attention, gated_delta_net, moe
 from localcoder.cuda.norms import rms_norm
+from localcoder.cuda.rope import rope_tables
 from localcoder.cuda.placement import default_devices, free_bytes, split_layers
 from localcoder.errors import UserError
 from localcoder.gguf_model import load_fields
@@ -154,6 +155,8 @@ class TorchModel(LanguageModel):
             t = tensors["token_embd.weight"]
             self.output = DeviceWeight(np.asarray(t.data), T(t.tensor_type).name, shapes["token_embd.weight"],
                                        self.devices[-1])
+        self.rope_tables = {d: rope_tables(self.n_ctx, self.args.rope_dim, self.args.rope_base, d)
+                            for d in set(self.layer_devices)}
         self.graphs = graphs and len(self.devices) == 1 and self.devices[0].type == "cuda"
         self.exact = exact
         self.kv_dtype = kv_dtype(kv_type or ("f32" if exact else "f16"))
@@ -228,8 +231,10 @@ class TorchModel(LanguageModel):
             p, device = f"blk.{i}.", self.layer_devices[i]
             h = h.to(device)
             x = rms_norm(h, w[p + "attn_norm.weight"].vector(), a.eps)
-            mixer = gated_delta_net if a.recurrent[i] else attention
-            h = h + mixer(x, w, p, a, state[i], pos.on(device))
+            if a.recurrent[i]:
+                h = h + gated_delta_net(x, w, p, a, state[i], pos.on(device))
+            else:
+                h = h + attention(x, w, p, a, state[i], pos.on(device), self.rope_tables[device])
             h = h + moe(rms_norm(h, w[p + "post_attention_norm.weight"].vector(), a.eps), w, p, a, self.routed)
         h = (h if all_logits else h[-1:]).to(self.devices[-1])
         return self.output.matmul(rms_norm(h, w["output_norm.weight"].vector(), a.eps))
