@@ -9,7 +9,6 @@ scaled-dot-product attention, the chunked delta rule, experts grouped by the tok
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,9 +16,9 @@ import torch
 
 from localcoder.cuda.attention import decode_attention, prefill_attention
 from localcoder.cuda.deltanet import CHUNKED_FROM, delta_rule, delta_rule_chunked
+from localcoder.cuda.deltanet_inputs import prepare_reference, prepare_step
 from localcoder.cuda.norms import rms_norm
 from localcoder.cuda.rope import rope
-from localcoder.reference import L2_EPS
 
 
 @dataclass
@@ -70,25 +69,14 @@ def attention(x, w, p, args, state, pos: Positions, rope_tables: tuple[torch.Ten
 
 def gated_delta_net(x, w, p, args, state, pos: Positions) -> torch.Tensor:
     """Gated DeltaNet; state["conv"] [K-1, channels] and state["S"] [nv, dk, dv] are updated in place."""
-    T, nk, nv, dk, dv = x.shape[0], args.nk, args.nv, args.dk, args.dv
-    r = nv // nk
+    T, nv, dv = x.shape[0], args.nv, args.dv
     mixed = w[p + "attn_qkv.weight"].matmul(x)
     z = w[p + "attn_gate.weight"].matmul(x).reshape(T, nv, dv)
-    ba = w[p + "ssm_ba.weight"].matmul(x).reshape(T, nk, 2 * r)
-    b, a = ba[..., :r].reshape(T, nv), ba[..., r:].reshape(T, nv)
+    ba = w[p + "ssm_ba.weight"].matmul(x)
     kernel = w[p + "ssm_conv1d.weight"].values.reshape(-1, args.conv_kernel)  # [channels, K]
-    K = kernel.shape[1]
-    padded = torch.cat([state["conv"], mixed])
-    state["conv"].copy_(padded[-(K - 1):])
-    conv = torch.nn.functional.silu(sum(padded[j:j + T] * kernel[:, j] for j in range(K)))
-    q = conv[:, :nk * dk].reshape(T, nk, dk)
-    k = conv[:, nk * dk:2 * nk * dk].reshape(T, nk, dk)
-    v = conv[:, 2 * nk * dk:].reshape(T, nv, dv)
-    q = q / torch.sqrt((q * q).sum(dim=-1, keepdim=True) + L2_EPS)
-    k = k / torch.sqrt((k * k).sum(dim=-1, keepdim=True) + L2_EPS)
-    q, k = q.repeat_interleave(r, dim=1) / math.sqrt(dk), k.repeat_interleave(r, dim=1)
-    beta = torch.sigmoid(b)
-    g = w[p + "ssm_a"].vector() * torch.nn.functional.softplus(a + w[p + "ssm_dt.bias"].vector())
+    prepare = prepare_step if T == 1 else prepare_reference
+    q, k, v, g, beta = prepare(mixed, ba, state["conv"], kernel, w[p + "ssm_a"].vector(),
+                               w[p + "ssm_dt.bias"].vector(), args.nk, args.dk, dv)
     rule = delta_rule_chunked if T >= CHUNKED_FROM else delta_rule
     out = rule(q, k, v, g, beta, state["S"])
     y = rms_norm(out, w[p + "ssm_norm.weight"].vector(), args.eps, gate=z)
