@@ -516,8 +516,6 @@ def cache_sim(
 ) -> None:
     """Replay a router trace against expert-cache policies: hit rate against cache size (frequency-keyed, LRU, LFU,
     llama.cpp's static --n-cpu-moe split)."""
-    from rich.table import Table
-
     from localcoder.hybrid.simulate import POLICIES, hit_rate_table, load_trace, synthetic_trace
 
     if trace is not None:

@@ -44,20 +44,6 @@ def model_file(layers: int, router_skew: float = 0.0) -> Path:
     return path
 
 
-def measure(prefill, decode, prompt: list[int], gen: list[int]) -> tuple[float, float]:
-    import torch
-
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    prefill(prompt)
-    torch.cuda.synchronize()
-    t1 = time.perf_counter()
-    for t in gen:
-        decode(t)
-    torch.cuda.synchronize()
-    return len(prompt) / (t1 - t0), len(gen) / (time.perf_counter() - t1)
-
-
 def delta_rule_table(lengths=(1, 16, 64, 256, 512), heads: int = 32, d: int = 128) -> list[str]:
     """Milliseconds per call of the token-walking kernel and the chunked form, at the model's 32 heads of 128."""
     import torch
@@ -126,42 +112,24 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("cuda_bench needs a CUDA GPU")
-    import llama_cpp
-
+    from localcoder.bench import time_model
     from localcoder.cuda.model import TorchModel
     from localcoder.hardware import cuda_bandwidths
+    from localcoder.llamacpp_engine import LlamaCppModel
 
     path = model_file(args.layers)
-    rng = np.random.default_rng(0)
-    prompt = [int(t) for t in rng.integers(0, 700, args.prompt)]
-    gen = [int(t) for t in rng.integers(0, 700, args.gen)]
     n_ctx = args.prompt + args.gen + 8
     torch.cuda.reset_peak_memory_stats()
-    ours = {"localcoder": TorchModel.load(path, "cuda:0", n_ctx=n_ctx)}
+    models = {"localcoder": TorchModel.load(path, "cuda:0", n_ctx=n_ctx)}
     if args.eager:
-        ours["localcoder eager"] = TorchModel.load(path, "cuda:0", n_ctx=n_ctx, graphs=False)
-    llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_gpu_layers=-1, n_batch=512, n_ubatch=512, verbose=False)
-
-    def localcoder(model):
-        session = model.new_session()  # one session: reset keeps its tensors, so its recorded graph stays valid
-
-        def prefill(tokens):
-            session.reset()
-            session.feed(tokens)
-        return prefill, lambda t: session.feed([t])
-
-    def llama_prefill(tokens):
-        llm.reset()
-        llm.eval(tokens)
-
-    engines = {name: localcoder(model) for name, model in ours.items()}
-    engines["llama.cpp"] = (llama_prefill, lambda t: llm.eval([t]))
-    best = {e: (0.0, 0.0) for e in engines}
-    for r in range(args.repeats):
-        for name in (list(engines) if r % 2 == 0 else list(reversed(engines))):
-            p, d = measure(*engines[name], prompt, gen)
-            best[name] = (max(best[name][0], p), max(best[name][1], d))
-            print(f"{name}: pp{args.prompt} {p:.1f} tok/s, tg{args.gen} {d:.2f} tok/s", flush=True)
+        models["localcoder eager"] = TorchModel.load(path, "cuda:0", n_ctx=n_ctx, graphs=False)
+    models["llama.cpp"] = LlamaCppModel.load(path, n_ctx=n_ctx, n_batch=512, n_gpu_layers=-1)
+    best = {name: (0.0, 0.0) for name in models}
+    for r in range(args.repeats):  # engines alternate; each run is best of two (the first may record a graph)
+        for name in (list(models) if r % 2 == 0 else list(reversed(models))):
+            m = time_model(models[name], name, args.prompt, args.gen)
+            best[name] = (max(best[name][0], m.prefill_tps), max(best[name][1], m.decode_tps))
+            print(f"{name}: pp{args.prompt} {m.prefill_tps:.1f} tok/s, tg{args.gen} {m.decode_tps:.2f} tok/s", flush=True)
     vram = torch.cuda.max_memory_allocated() / 2**30  # localcoder's models and sessions (llama.cpp's is not torch's)
     bandwidth = cuda_bandwidths(0)[0]
     read = sum(t.active_bytes for t in Footprint.from_gguf(path).tensors)

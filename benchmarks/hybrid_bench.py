@@ -19,13 +19,12 @@ import gc
 import sys
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from cuda_bench import measure, model_file  # noqa: E402
+from cuda_bench import model_file  # noqa: E402
 
 CARDS = {16: 36, 24: 28, 32: 20}  # GB -> llama.cpp --n-cpu-moe that fits it (issue 7's measurements)
 GIB = 1 << 30
@@ -39,41 +38,23 @@ def device_free() -> int:
 
 
 def llama_cpp_run(path, n_cpu_moe, prompt, gen, n_ctx):
+    """(device bytes llama.cpp took, its Measured) with the experts of the first n_cpu_moe layers in RAM."""
+    from localcoder.bench import time_model
     from localcoder.llamacpp_engine import LlamaCppModel
 
     before = device_free()
     model = LlamaCppModel.load(path, n_ctx=n_ctx, n_gpu_layers=-1, n_cpu_moe=n_cpu_moe)
-    session = model.new_session()
-    session.feed(prompt[:64])
-    used = before - device_free()
-
-    def prefill(tokens):
-        session.reset()
-        session.feed(tokens)
-    speeds = max((measure(prefill, lambda t: session.feed([t]), prompt, gen) for _ in range(2)), key=lambda s: s[1])
-    return used, speeds  # the model is freed when the caller collects
+    measured = time_model(model, "llama.cpp", prompt, gen)
+    return before - device_free(), measured  # the model is freed when the caller collects
 
 
 def hybrid_run(path, budget_bytes, prompt, gen, n_ctx):
+    """(Measured with the decode hit rate, expert slots) of the hybrid runtime with `budget_bytes` of slots."""
+    from localcoder.bench import time_model
     from localcoder.hybrid.model import HybridModel
 
     model = HybridModel.load(path, "cuda:0", budget_bytes, n_ctx)
-    session = model.new_session()
-
-    def prefill(tokens):
-        session.reset()
-        session.feed(tokens)
-    best, hit_rate = (0.0, 0.0), 0.0
-    for _ in range(2):
-        prefill(prompt)
-        before = [(s.hits, s.misses) for s in model.cache.stats.values()]
-        speeds = measure(prefill, lambda t: session.feed([t]), prompt, gen)
-        after = [(s.hits, s.misses) for s in model.cache.stats.values()]
-        hits = sum(a[0] - b[0] for a, b in zip(after, before))
-        total = hits + sum(a[1] - b[1] for a, b in zip(after, before))
-        if speeds[1] > best[1]:
-            best, hit_rate = speeds, hits / max(1, total)
-    return best, hit_rate, model.slots.n_slots
+    return time_model(model, "hybrid", prompt, gen), model.slots.n_slots
 
 
 def resident_bytes(path, prompt, n_ctx) -> int:
@@ -84,7 +65,7 @@ def resident_bytes(path, prompt, n_ctx) -> int:
 
     torch.cuda.reset_peak_memory_stats()
     model = HybridModel.load(path, "cuda:0", 0, n_ctx)
-    model.new_session().feed(prompt)
+    model.new_session().feed(list(range(prompt)))
     used = torch.cuda.max_memory_reserved()
     del model
     gc.collect()
@@ -104,10 +85,8 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("hybrid_bench needs a CUDA GPU")
-    rng = np.random.default_rng(0)
-    prompt = [int(t) for t in rng.integers(0, 700, args.prompt)]
-    gen = [int(t) for t in rng.integers(0, 700, args.gen)]
-    n_ctx = args.prompt + args.gen + 8
+    prompt, gen = args.prompt, args.gen
+    n_ctx = prompt + gen + 8
     lines = [f"| routing | card | llama.cpp -ncmoe | VRAM GiB | llama.cpp pp{args.prompt} / tg{args.gen} | "
              "hybrid pp / tg | ratio pp / tg | hybrid slots | decode hit rate |", "|---|---|---|---|---|---|---|---|---|"]
     for routing, skew in (("random", 0.0), (f"skewed ({args.skew:g})", args.skew)):
@@ -115,13 +94,15 @@ def main() -> None:
         resident = resident_bytes(path, prompt, n_ctx)
         for card, n_cpu_moe in CARDS.items():
             n_cpu_moe = min(n_cpu_moe, args.layers)
-            vram, (lp, ld) = llama_cpp_run(path, n_cpu_moe, prompt, gen, n_ctx)
+            vram, llama = llama_cpp_run(path, n_cpu_moe, prompt, gen, n_ctx)
             gc.collect()
-            (hp, hd), hit_rate, slots = hybrid_run(path, max(0, vram - resident), prompt, gen, n_ctx)
+            ours, slots = hybrid_run(path, max(0, vram - resident), prompt, gen, n_ctx)
             gc.collect()
             torch.cuda.empty_cache()
+            lp, ld, hp, hd = llama.prefill_tps, llama.decode_tps, ours.prefill_tps, ours.decode_tps
             lines.append(f"| {routing} | {card} GB | {n_cpu_moe} | {vram / GIB:.1f} | {lp:.0f} / {ld:.1f} | "
-                         f"{hp:.0f} / {hd:.1f} | {hp / lp:.2f}x / {hd / ld:.2f}x | {slots} | {hit_rate:.1%} |")
+                         f"{hp:.0f} / {hd:.1f} | {hp / lp:.2f}x / {hd / ld:.2f}x | {slots} | "
+                         f"{ours.expert_hit_rate or 0:.1%} |")
             print(lines[-1], flush=True)
     print("\n".join(lines))
     if args.markdown:

@@ -325,22 +325,29 @@ def random_prompt(vocab: int, n: int, seed: int = 0) -> np.ndarray:
 def measure(path, profile: Profile, prompt: int, generate: int, threads: int, engine: str | None = None,
             repeats: int = 2) -> Measured:
     """Prefill of `prompt` tokens and `generate` decode steps with the profile's batch size, on `engine` (default:
-    the profile's; "localcoder" or "llamacpp"), best of `repeats` after a warm-up that runs both code paths."""
+    the profile's; "localcoder" or "llamacpp") and the profile's backend (time_model)."""
     from localcoder.server.launch import load_model
 
     engine = engine or profile.engine
     options = backend_options(profile) if engine == "localcoder" else {"backend": "cpu"}
     model = load_model(path, engine, options.pop("backend"), n_ctx=prompt + generate + 8, n_batch=profile.batch,
                        threads=threads, **options)
+    return time_model(model, "llama.cpp" if engine == "llamacpp" else "localcoder", prompt, generate, repeats)
+
+
+def time_model(model, name: str, prompt: int, generate: int, repeats: int = 2) -> Measured:
+    """Prefill of `prompt` random tokens and `generate` decode steps on a loaded model (any engine), best of
+    `repeats` after a warm-up that runs both code paths. One session, reset between repeats, so a CUDA session
+    keeps its recorded decode graph; the expert cache's decode hit rate where there is one."""
     ids = random_prompt(model.args.vocab, prompt + generate)
-    warm = model.new_session()  # the page cache and both kernel paths (prompt chunks, single tokens)
-    warm.feed(ids[:16])
+    session = model.new_session()
+    session.feed(ids[:16])  # the page cache and both kernel paths (prompt chunks, single tokens)
     for t in ids[16:20]:
-        warm.feed([int(t)])
+        session.feed([int(t)])
     best_prefill = best_decode = float("inf")
     hits = lookups = 0
     for _ in range(repeats):
-        session = model.new_session()
+        session.reset()
         t0 = time.perf_counter()
         session.feed(ids[:prompt])
         t1 = time.perf_counter()
@@ -351,7 +358,6 @@ def measure(path, profile: Profile, prompt: int, generate: int, threads: int, en
         after = expert_lookups(model)
         hits, lookups = hits + after[0] - before[0], lookups + after[1] - before[1]
         best_prefill, best_decode = min(best_prefill, t1 - t0), min(best_decode, t2 - t1)
-    name = "llama.cpp" if engine == "llamacpp" else "localcoder"
     hit_rate = hits / lookups if lookups else None
     return Measured(name, prompt / best_prefill, generate / best_decode, prompt, generate, hit_rate)
 

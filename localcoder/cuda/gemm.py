@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from localcoder.cuda.blocks import GROUP_BYTES, TYPE_IDS, values
-from localcoder.cuda.quant import INTERPRETED, _check, dequantize
+from localcoder.cuda.quant import INTERPRETED, _check, dequantize, expert_rows
 
 BLOCK_T = 32  # slots (tokens) per tile
 BLOCK_R = 128 if INTERPRETED else 64  # weight rows per tile
@@ -50,8 +50,7 @@ def grouped_gemm(raw: torch.Tensor, qtype: str, x: torch.Tensor, experts, starts
     if exact is None:
         exact = not torch.backends.cuda.matmul.allow_tf32
     rows, row_bytes = raw.shape[1], raw.shape[2]
-    if raw.stride(2) != 1 or raw.stride(1) != row_bytes:
-        raw = raw.contiguous()
+    raw = expert_rows(raw)
     groups = _check(raw[0, :1], qtype, x.shape[-1])
     experts, starts, src = (np.asarray(a, np.int64) for a in (experts, starts, src))
     counts = np.diff(starts)

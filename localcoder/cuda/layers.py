@@ -67,7 +67,7 @@ def attention(x, w, p, args, state, pos: Positions, rope_tables: tuple[torch.Ten
     return w[p + "attn_output.weight"].matmul(out.reshape(T, nh * d) * torch.sigmoid(gate))
 
 
-def gated_delta_net(x, w, p, args, state, pos: Positions) -> torch.Tensor:
+def gated_delta_net(x, w, p, args, state) -> torch.Tensor:
     """Gated DeltaNet; state["conv"] [K-1, channels] and state["S"] [nv, dk, dv] are updated in place."""
     T, nv, dv = x.shape[0], args.nv, args.dv
     mixed = w[p + "attn_qkv.weight"].matmul(x)

@@ -26,6 +26,7 @@ from localcoder.errors import UserError
 from localcoder.gguf_model import load_fields
 from localcoder.model import LanguageModel, PrefixReuse, checked_ids, context_size
 from localcoder.prefix_cache import PrefixCache, Snapshot
+from localcoder.weights import load_weights
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
 
@@ -126,34 +127,18 @@ class TorchModel(LanguageModel):
 
     def __init__(self, path: Path, devices: list[str], n_ctx: int | None = None, graphs: bool = True,
                  exact: bool = False, kv_type: str | None = None):
-        from gguf import GGMLQuantizationType as T
-
-        from localcoder.weights import expected_shapes
-
         fields, files = load_fields(Path(path))
         super().__init__(path, fields, context_size(fields, n_ctx))
-        tensors = {t.name: t for t in files.tensors}
-        ff_expert = int(tensors["blk.0.ffn_gate_exps.weight"].shape[1])
-        ff_shared = int(tensors["blk.0.ffn_gate_shexp.weight"].shape[1])
-        shapes = expected_shapes(self.args, ff_expert, ff_shared)
-        if "output.weight" in tensors:
-            shapes["output.weight"] = (self.args.vocab, self.args.hidden)
-        missing = [name for name in shapes if name not in tensors]
-        if missing:
-            raise UserError(f"the GGUF has no {missing[0]}: the file is incomplete or not a Qwen3-Next model")
+        weights = load_weights(files, self.args, populate=False, int8_activations=False)  # checked, as on the CPU
+        self.in_ram = {name: w for name, w in weights.items() if self.keeps_in_ram(name)}
         self.devices = [torch.device(d) for d in devices]
-        self.layer_devices = self._place(tensors, shapes)
-        self.w = {}
-        for name, shape in shapes.items():
-            t = tensors[name]
-            if self.keeps_in_ram(name):
-                self.keep_in_ram(name, t, T(t.tensor_type).name, shape)
-            else:
-                self.w[name] = DeviceWeight(np.asarray(t.data), T(t.tensor_type).name, shape, self._device_of(name))
+        self.layer_devices = self._place(weights)
+        self.w = {name: DeviceWeight(np.asarray(w.raw), w.qtype.name, w.shape, self._device_of(name))
+                  for name, w in weights.items() if name not in self.in_ram}
         self.output = self.w.get("output.weight", self.w.get("token_embd.weight"))
         if self.output is None or self.output.device != self.devices[-1]:  # tied, the embedding elsewhere
-            t = tensors["token_embd.weight"]
-            self.output = DeviceWeight(np.asarray(t.data), T(t.tensor_type).name, shapes["token_embd.weight"],
+            embedding = weights["token_embd.weight"]
+            self.output = DeviceWeight(np.asarray(embedding.raw), embedding.qtype.name, embedding.shape,
                                        self.devices[-1])
         self.rope_tables = {d: rope_tables(self.n_ctx, self.args.rope_dim, self.args.rope_base, d)
                             for d in set(self.layer_devices)}
@@ -162,21 +147,17 @@ class TorchModel(LanguageModel):
         self.kv_dtype = kv_dtype(kv_type or ("f32" if exact else "f16"))
 
     def keeps_in_ram(self, name: str) -> bool:
-        """Whether tensor `name` stays in host memory instead of going to its device (the hybrid runtime's
-        routed experts)."""
+        """Whether tensor `name` stays in host memory (`in_ram`, memory-mapped Weights) instead of going to its
+        device (the hybrid runtime's routed experts)."""
         return False
 
-    def keep_in_ram(self, name: str, tensor, qtype: str, shape: tuple) -> None:
-        """Keep a tensor that keeps_in_ram names (gguf-py's ReaderTensor, memory-mapped) in host memory."""
-        raise NotImplementedError
-
-    def _place(self, tensors: dict, shapes: dict) -> list[torch.device]:
+    def _place(self, weights: dict) -> list[torch.device]:
         layer_bytes = [0] * self.args.n_layer
-        for name in shapes:
-            if name.startswith("blk.") and not self.keeps_in_ram(name):
-                layer_bytes[int(name.split(".")[1])] += int(tensors[name].n_bytes)
-        first = int(tensors["token_embd.weight"].n_bytes)
-        last = int(tensors["output.weight" if "output.weight" in tensors else "token_embd.weight"].n_bytes)
+        for name, w in weights.items():
+            if name.startswith("blk.") and name not in self.in_ram:
+                layer_bytes[int(name.split(".")[1])] += w.nbytes
+        first = weights["token_embd.weight"].nbytes
+        last = weights.get("output.weight", weights["token_embd.weight"]).nbytes
         plan = split_layers(layer_bytes, [free_bytes(str(d)) for d in self.devices], first, last)
         return [self.devices[i] for i in plan]
 
@@ -232,7 +213,7 @@ class TorchModel(LanguageModel):
             h = h.to(device)
             x = rms_norm(h, w[p + "attn_norm.weight"].vector(), a.eps)
             if a.recurrent[i]:
-                h = h + gated_delta_net(x, w, p, a, state[i], pos.on(device))
+                h = h + gated_delta_net(x, w, p, a, state[i])
             else:
                 h = h + attention(x, w, p, a, state[i], pos.on(device), self.rope_tables[device])
             h = h + moe(rms_norm(h, w[p + "post_attention_norm.weight"].vector(), a.eps), w, p, a, self.routed)

@@ -50,13 +50,18 @@ def gemv(raw: torch.Tensor, qtype: str, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
+def expert_rows(raw: torch.Tensor) -> torch.Tensor:
+    """raw uint8 [E, rows, row_bytes] with each expert's rows contiguous, as the grouped kernels address it (an
+    expert's start is raw.stride(0) bytes after the previous one's); copied only when its rows are not."""
+    return raw if raw.stride(2) == 1 and raw.stride(1) == raw.shape[2] else raw.contiguous()
+
+
 def grouped_gemv(raw: torch.Tensor, qtype: str, experts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """float32 [slots, rows]: W[experts[s]] @ x[s] for each slot; raw uint8 [E, rows, row_bytes] (each expert's rows
     contiguous; experts may sit further apart, as in the hybrid runtime's slot pool); x [cols] (the same input for
     every slot) or [slots, cols]."""
     rows, row_bytes = raw.shape[1], raw.shape[2]
-    if raw.stride(2) != 1 or raw.stride(1) != row_bytes:
-        raw = raw.contiguous()
+    raw = expert_rows(raw)
     groups = _check(raw[0, :1], qtype, x.shape[-1])
     slots = experts.shape[0]
     x = x.contiguous().float()

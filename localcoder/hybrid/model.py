@@ -25,6 +25,7 @@ from localcoder.cuda.layers import routing_pairs
 from localcoder.cuda.quant import grouped_gemv
 from localcoder.errors import UserError
 from localcoder.hybrid.policy import DECAY, ExpertCache
+from localcoder.kernels.elementwise import swiglu
 from localcoder.hybrid.simulate import hottest, load_trace, save_trace
 from localcoder.hybrid.slots import PROJECTIONS, ExpertSlots
 
@@ -43,11 +44,10 @@ class MissCosts:
 
     @classmethod
     def measured(cls, device: int = 0) -> "MissCosts":
-        """Host RAM and PCIe bandwidth measured on this machine (hardware.probe); CPU multiply rate assumed."""
-        from localcoder.hardware import cuda_bandwidths, probe
+        """Host RAM and this GPU's pinned PCIe bandwidth, each measured once; CPU multiply rate assumed."""
+        from localcoder.hardware import cuda_bandwidths, ram_bandwidth
 
-        ram = probe(measure=True).ram_bandwidth_gbs
-        return cls(ram_gbs=ram or cls.ram_gbs, pcie_gbs=cuda_bandwidths(device)[1])
+        return cls(ram_gbs=ram_bandwidth(), pcie_gbs=cuda_bandwidths(device)[1])
 
     def on_cpu(self, n_tokens: int, nbytes: int, macs_per_token: int) -> bool:
         """Whether a missed expert of `nbytes` used by n_tokens is cheaper on the CPU than streamed."""
@@ -72,8 +72,9 @@ class HybridModel(TorchModel):
     def __init__(self, path: Path, device: str, budget_bytes: int, n_ctx: int | None = None,
                  costs: MissCosts | None = None, pinned=(), decay: float = DECAY, exact: bool = False,
                  embedding_in_ram: bool = False, pin_from: np.ndarray | None = None, kv_type: str | None = None):
-        self.in_ram, self.embedding_in_ram = {}, embedding_in_ram
+        self.embedding_in_ram = embedding_in_ram
         super().__init__(path, [device], n_ctx, graphs=False, exact=exact, kv_type=kv_type)
+        self._check_expert_types()
         self.costs = costs or MissCosts()
         largest = {proj: max(self.in_ram[f"blk.{i}.{proj}.weight"].raw[0].nbytes for i in range(self.args.n_layer))
                    for proj in PROJECTIONS}
@@ -119,16 +120,13 @@ class HybridModel(TorchModel):
             return super().embed(tokens)
         return torch.from_numpy(self.in_ram["token_embd.weight"].rows(tokens.cpu().numpy())).to(self.devices[0])
 
-    def keep_in_ram(self, name: str, tensor, qtype: str, shape: tuple) -> None:
-        from gguf import GGMLQuantizationType as T
-
+    def _check_expert_types(self) -> None:
         from localcoder.cuda.blocks import GROUP, TYPE_IDS
-        from localcoder.weights import Weight
 
-        if name.endswith("_exps.weight") and (qtype not in TYPE_IDS or shape[-1] % GROUP):
-            raise UserError(f"{name} is {qtype} with {shape[-1]} columns: the hybrid runtime's expert slots run "
-                            f"{', '.join(TYPE_IDS)} rows of whole {GROUP}-value groups")
-        self.in_ram[name] = Weight(name, tensor.data, T[qtype], shape, int8_activations=False)
+        for name, w in self.in_ram.items():
+            if name.endswith("_exps.weight") and (w.qtype.name not in TYPE_IDS or w.cols % GROUP):
+                raise UserError(f"{name} is {w.qtype.name} with {w.cols} columns: the hybrid runtime's expert slots "
+                                f"run {', '.join(TYPE_IDS)} rows of whole {GROUP}-value groups")
 
     def plan(self) -> list[tuple[str, str]]:
         """Where everything is, as (what, where and how much) rows for a printed table."""
@@ -176,15 +174,18 @@ class HybridModel(TorchModel):
                 on_cpu.append(e)
             else:
                 streamed.append(e)
-        scratch = ExpertSlots(self.devices[0], len(streamed), self.slots.expert_bytes, self.slots.staging)
-        for slot, e in enumerate(streamed):
-            scratch.fill(slot, self._expert_bytes(layer, e))
+        scratch = None
+        if streamed:
+            scratch = ExpertSlots(self.devices[0], len(streamed), self.slots.expert_bytes, self.slots.staging)
+            for slot, e in enumerate(streamed):
+                scratch.fill(slot, self._expert_bytes(layer, e))
+            self.misses.streamed_experts += len(streamed)
+            self.misses.streamed_bytes += scratch.bytes_copied
         self.misses.copy_seconds += time.perf_counter() - copy_start
-        self.misses.streamed_experts += len(streamed)
-        self.misses.streamed_bytes += scratch.bytes_copied
         # launched first, so the device computes the hits while the CPU computes its misses
         out = self._on_device(x, p, chosen, weights, resident, self.slots)
-        out = out + self._on_device(x, p, chosen, weights, dict(zip(streamed, range(len(streamed)))), scratch)
+        if scratch is not None:
+            out = out + self._on_device(x, p, chosen, weights, dict(zip(streamed, range(len(streamed)))), scratch)
         if on_cpu:
             cpu_start = time.perf_counter()
             out = out + torch.from_numpy(self._on_cpu(x, p, chosen, weights, on_cpu)).to(x.device)
@@ -220,7 +221,7 @@ class HybridModel(TorchModel):
         xh = x.cpu().numpy()
         gate = self.in_ram[p + "ffn_gate_exps.weight"].grouped_matmul(xh, ids, starts, tokens)
         up = self.in_ram[p + "ffn_up_exps.weight"].grouped_matmul(xh, ids, starts, tokens)
-        hidden = gate / (1 + np.exp(-gate)) * up
+        hidden = swiglu(gate, up)
         down = self.in_ram[p + "ffn_down_exps.weight"].grouped_matmul(hidden, ids, starts, np.arange(len(tokens)))
         out = np.zeros(xh.shape, np.float32)
         np.add.at(out, tokens, down * weights.cpu().numpy()[tokens, ranks][:, None])
