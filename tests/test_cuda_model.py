@@ -140,3 +140,13 @@ def test_float16_kv_cache_stays_close_and_other_types_are_refused(hf_model, tmp_
     assert np.abs(got - expected[2:]).max() / np.abs(expected).max() < 1e-2
     with pytest.raises(UserError, match="f16 or f32"):
         TorchModel.load(path, DEVICE, kv_type="q8_0")
+
+
+def test_legacy_fused_layout_loads_to_the_same_model(tmp_path):
+    """Loading goes through weights.load_weights, which splits a legacy file's fused ssm_in back."""
+    from localcoder.demo import ensure_demo_gguf
+    from localcoder.legacy_layout import write_legacy
+
+    legacy = write_legacy(ensure_demo_gguf("F32"), tmp_path / "legacy.gguf", show_progress=False)
+    np.testing.assert_array_equal(TorchModel.load(legacy, DEVICE, exact=True).logits(TOKENS[:4]),
+                                  TorchModel.load(ensure_demo_gguf("F32"), DEVICE, exact=True).logits(TOKENS[:4]))
